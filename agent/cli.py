@@ -1,0 +1,59 @@
+"""The `humwatch` command: one entry point, one subcommand per job.
+
+Subcommands are listed explicitly and imported only when chosen, so `humwatch run` on the board never loads
+scikit-learn or tensorflow.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from agent.errors import HumwatchError
+
+# name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
+SUBCOMMANDS = {
+    "run": ("agent.service", "run the agent: listen, score and publish alarms over MQTT"),
+    "score": ("agent.score", "score WAV recordings offline with a calibrated bundle"),
+    "listen": ("agent.listen", "print alarms and state changes from the broker"),
+    "check-config": ("agent.config", "validate a configuration file and exit"),
+    "install-service": ("agent.install", "install the systemd unit, user, directories and example config"),
+    "calibrate": ("calibration.cli", "learn a machine's normal sound and write a model bundle"),
+    "synth": ("calibration.synth_cli", "write a synthetic machine-sound dataset in the MIMII layout"),
+    "convert": ("convert.cli", "convert an ImageNet CNN to TFLite feature extractors (float32 and int8)"),
+    "evaluate": ("evaluation.cli", "measure detection quality (ROC AUC) with the paper's protocol"),
+    "demo": ("calibration.demo", "show the whole product on a synthetic pump: calibrate, run, alarm"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="humwatch", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in argv if a in SUBCOMMANDS), None)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:  # only the chosen command's module is imported
+            module = importlib.import_module(module_name)
+            module.add_arguments(sp)
+            sp.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.handler(args) or 0)
+    except HumwatchError as exc:
+        print(f"humwatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""User-facing errors: each carries one line that names the file or field and what is wrong."""
+
+
+class HumwatchError(Exception):
+    """Base of every error the command line prints as one line and exits non-zero on."""
+
+
+class AudioError(HumwatchError):
+    """An audio file or device that cannot be read."""
+
+
+class ConfigError(HumwatchError):
+    """A configuration file or field that is missing or invalid."""
+
+
+class ModelError(HumwatchError):
+    """A model, detector or bundle file that is missing, damaged or does not match."""
