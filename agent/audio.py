@@ -1,0 +1,77 @@
+"""Reading WAV files and converting any sample format, rate or channel layout to 16 kHz mono float32."""
+from __future__ import annotations
+
+import os
+import warnings
+from math import gcd
+
+import numpy as np
+from scipy.io import wavfile
+from scipy.signal import resample_poly
+
+from agent.errors import AudioError
+from agent.spec import SAMPLE_RATE
+
+Channel = int | str  # a channel index, or "mean" to average all channels
+
+
+def read_wav(path: str | os.PathLike, channel: Channel = 0) -> np.ndarray:
+    """Read a WAV file (PCM 8/16/24/32-bit or float, any channel count and rate) as 16 kHz mono float32."""
+    name = os.fspath(path)
+    try:
+        with warnings.catch_warnings():
+            # scipy warns and carries on for a truncated data chunk; for us that is a damaged file.
+            warnings.simplefilter("error", wavfile.WavFileWarning)
+            rate, data = wavfile.read(name, mmap=False)
+    except FileNotFoundError:
+        raise AudioError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise AudioError(f"{name}: is a directory, not a WAV file") from None
+    except PermissionError:
+        raise AudioError(f"{name}: permission denied") from None
+    except wavfile.WavFileWarning as exc:
+        raise AudioError(f"{name}: damaged WAV file ({exc})") from None
+    except (ValueError, EOFError, OSError, IndexError, TypeError) as exc:
+        raise AudioError(f"{name}: not a readable WAV file ({exc})") from None
+    if data.size == 0:
+        raise AudioError(f"{name}: the WAV file holds no samples")
+    try:
+        return to_mono_16k(data, rate, channel)
+    except AudioError as exc:
+        raise AudioError(f"{name}: {exc}") from None
+
+
+def to_mono_16k(samples: np.ndarray, rate: int, channel: Channel = 0) -> np.ndarray:
+    """Convert samples shaped (n,) or (n, channels) in any WAV sample format to 16 kHz mono float32 in [-1, 1]."""
+    audio = _as_float(samples)
+    if audio.ndim == 2:
+        audio = _pick_channel(audio, channel)
+    elif audio.ndim != 1:
+        raise AudioError(f"expected (samples,) or (samples, channels), got shape {samples.shape}")
+    if not np.isfinite(audio).all():
+        raise AudioError("contains NaN or infinite samples")
+    if rate <= 0:
+        raise AudioError(f"invalid sample rate {rate}")
+    if rate != SAMPLE_RATE:
+        divisor = gcd(int(rate), SAMPLE_RATE)
+        audio = resample_poly(audio, SAMPLE_RATE // divisor, int(rate) // divisor)
+    return np.asarray(audio, dtype=np.float32)
+
+
+def _as_float(samples: np.ndarray) -> np.ndarray:
+    kind, size = samples.dtype.kind, samples.dtype.itemsize
+    if kind == "f":
+        return samples.astype(np.float64)
+    if kind == "u" and size == 1:  # 8-bit WAV is unsigned, centred on 128
+        return (samples.astype(np.float64) - 128.0) / 128.0
+    if kind == "i":  # scipy returns 24-bit PCM left-justified in int32, so one scale fits 16/24/32-bit
+        return samples.astype(np.float64) / float(2 ** (8 * size - 1))
+    raise AudioError(f"unsupported sample format {samples.dtype}")
+
+
+def _pick_channel(audio: np.ndarray, channel: Channel) -> np.ndarray:
+    if channel == "mean":
+        return audio.mean(axis=1)
+    if isinstance(channel, int) and -audio.shape[1] <= channel < audio.shape[1]:
+        return audio[:, channel]
+    raise AudioError(f"channel {channel!r} does not exist (the audio has {audio.shape[1]} channels)")
