@@ -1,0 +1,91 @@
+"""Samples → Mel dB patches → viridis images: the front end shared by calibration, conversion and the agent.
+
+The offline path is the streaming path fed a whole clip, so a device and a recording give the same patches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.mel import frame_count, mel_db_frames
+from agent.spec import HOP_LENGTH, IMAGE_SHAPE, N_FFT, N_MELS, PATCH_FRAMES, PATCH_HOP_FRAMES, FrontEndParams
+from agent.viridis import VIRIDIS_RGB, colour_indices
+
+
+@dataclass
+class PatchBatch:
+    """Patches in stream order: dB values for frame-level models, viridis images for the CNN."""
+
+    db: np.ndarray = field(default_factory=lambda: np.empty((0, N_MELS, PATCH_FRAMES), np.float32))
+    images: np.ndarray = field(default_factory=lambda: np.empty((0, *IMAGE_SHAPE), np.uint8))
+    # Stream samples consumed when each patch became complete: the patch's end time × sample rate.
+    end_samples: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @classmethod
+    def concat(cls, batches: list["PatchBatch"]) -> "PatchBatch":
+        if not batches:
+            return cls()
+        return cls(np.concatenate([b.db for b in batches]), np.concatenate([b.images for b in batches]),
+                   np.concatenate([b.end_samples for b in batches]))
+
+
+def unit_scale(db: np.ndarray, params: FrontEndParams) -> np.ndarray:
+    """dB patches (n, mels, frames) → [0, 1], per patch min–max (as matplotlib would) or a fixed dB window."""
+    db = np.asarray(db, dtype=np.float64)
+    if params.scaling == "fixed":
+        return np.clip((db - params.db_low) / (params.db_high - params.db_low), 0.0, 1.0)
+    low = db.min(axis=(1, 2), keepdims=True)
+    span = db.max(axis=(1, 2), keepdims=True) - low
+    # A flat patch maps to 0, as matplotlib's Normalize does when vmin == vmax.
+    return np.divide(db - low, span, out=np.zeros_like(db), where=span > 0)
+
+
+def images_from_db(db: np.ndarray, params: FrontEndParams) -> np.ndarray:
+    """The one mapping from dB patches (n, mels, frames) to model images (n, 64, 64, 3) uint8, low bands at the bottom."""
+    indices = colour_indices(unit_scale(db, params))
+    return VIRIDIS_RGB[indices[:, ::-1, :]]
+
+
+class FrontEnd:
+    """Turns a stream of 16 kHz float samples into patches, one every 32 frames (0.512 s), carrying remainders."""
+
+    def __init__(self, params: FrontEndParams | None = None) -> None:
+        self.params = params or FrontEndParams()
+        self.reset()
+
+    def reset(self) -> None:
+        # Left padding of N_FFT/2 zeros centres frame j on stream sample j·HOP, as librosa's center=True does.
+        self._samples = np.zeros(N_FFT // 2)
+        self._frames = np.empty((0, N_MELS), np.float32)
+        self._consumed = 0  # stream samples pushed so far
+        self._patches_out = 0
+
+    def push(self, samples: np.ndarray) -> PatchBatch:
+        samples = np.asarray(samples, dtype=np.float64).reshape(-1)
+        self._consumed += len(samples)
+        self._samples = np.concatenate([self._samples, samples])
+        n_frames = frame_count(len(self._samples))
+        if n_frames:
+            new_frames = mel_db_frames(self._samples[: (n_frames - 1) * HOP_LENGTH + N_FFT]).astype(np.float32)
+            self._samples = self._samples[n_frames * HOP_LENGTH:]
+            self._frames = np.concatenate([self._frames, new_frames])
+        n_patches = 0 if len(self._frames) < PATCH_FRAMES else (len(self._frames) - PATCH_FRAMES) // PATCH_HOP_FRAMES + 1
+        if n_patches == 0:
+            return PatchBatch()
+        starts = np.arange(n_patches) * PATCH_HOP_FRAMES
+        db = np.stack([self._frames[s: s + PATCH_FRAMES].T for s in starts])
+        self._frames = self._frames[n_patches * PATCH_HOP_FRAMES:]
+        index = self._patches_out + np.arange(n_patches)
+        self._patches_out += n_patches
+        # Patch k ends with frame 32k+63, whose window ends N_FFT/2 samples after its centre.
+        end_samples = (index * PATCH_HOP_FRAMES + PATCH_FRAMES - 1) * HOP_LENGTH + N_FFT // 2
+        return PatchBatch(db, images_from_db(db, self.params), end_samples.astype(np.int64))
+
+
+def clip_patches(samples: np.ndarray, params: FrontEndParams | None = None) -> PatchBatch:
+    """All patches of a recording: the stream fed the whole clip at once (a 10 s clip gives 18)."""
+    return FrontEnd(params).push(samples)

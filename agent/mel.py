@@ -1,0 +1,77 @@
+"""Mel power spectrogram in dB, equal to librosa's melspectrogram + power_to_db, in numpy alone."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from agent.spec import DB_AMIN, FMAX_HZ, FMIN_HZ, HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
+
+# Slaney's Mel scale: linear below 1 kHz, logarithmic above.
+_F_SP = 200.0 / 3
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOG_STEP = np.log(6.4) / 27.0
+
+
+def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / _F_SP
+    return np.where(hz >= _MIN_LOG_HZ, _MIN_LOG_MEL + np.log(np.maximum(hz, 1e-12) / _MIN_LOG_HZ) / _LOG_STEP, linear)
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOG_STEP * (mel - _MIN_LOG_MEL)), _F_SP * mel)
+
+
+@lru_cache(maxsize=1)
+def mel_filterbank() -> np.ndarray:
+    """(N_MELS, N_FFT//2 + 1) triangular filters with Slaney area normalisation."""
+    fft_hz = np.linspace(0.0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
+    edges_hz = mel_to_hz(np.linspace(hz_to_mel(FMIN_HZ), hz_to_mel(FMAX_HZ), N_MELS + 2))
+    widths = np.diff(edges_hz)
+    ramps = edges_hz[:, None] - fft_hz[None, :]
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
+    weights.flags.writeable = False
+    return weights
+
+
+@lru_cache(maxsize=1)
+def hann_window() -> np.ndarray:
+    """Periodic Hann window, as scipy.signal.get_window('hann', N_FFT) and librosa use."""
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)
+    window.flags.writeable = False
+    return window
+
+
+def frame_count(n_samples: int) -> int:
+    """How many whole STFT frames fit in n_samples (no padding)."""
+    return 0 if n_samples < N_FFT else (n_samples - N_FFT) // HOP_LENGTH + 1
+
+
+def mel_db_frames(samples: np.ndarray) -> np.ndarray:
+    """dB Mel power of every whole frame in samples, shaped (n_frames, N_MELS): the one STFT of humwatch."""
+    n_frames = frame_count(len(samples))
+    if n_frames == 0:
+        return np.empty((0, N_MELS))
+    frames = np.lib.stride_tricks.sliding_window_view(np.asarray(samples, dtype=np.float64), N_FFT)[::HOP_LENGTH]
+    spectrum = np.fft.rfft(frames[:n_frames] * hann_window(), axis=1)
+    power = spectrum.real ** 2 + spectrum.imag ** 2
+    return power_to_db(power @ mel_filterbank().T)
+
+
+def power_to_db(power: np.ndarray) -> np.ndarray:
+    """10·log10(max(power, amin)) with ref = 1 and no top_db clipping (a stream never knows its maximum)."""
+    return 10.0 * np.log10(np.maximum(power, DB_AMIN))
+
+
+def mel_db(samples: np.ndarray, center: bool = True) -> np.ndarray:
+    """(N_MELS, n_frames) dB Mel spectrogram; center=True pads N_FFT/2 zeros each side as librosa does."""
+    samples = np.asarray(samples, dtype=np.float64)
+    if center:
+        samples = np.pad(samples, N_FFT // 2)
+    return mel_db_frames(samples).T
