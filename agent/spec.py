@@ -85,3 +85,15 @@ def signal_contract() -> dict:
         "imagenet_mean": list(IMAGENET_MEAN),
         "imagenet_std": list(IMAGENET_STD),
     }
+
+
+def logmel_extractor_sha256() -> str:
+    """The identity of the frame-level log-Mel 'extractor' (no network: the Mel frames themselves).
+
+    Recorded in detectors fitted on Mel frames, in place of a TFLite model's sha256, so such a detector is refused
+    by a front end with another signal contract.
+    """
+    import hashlib
+    import json
+
+    return hashlib.sha256(("logmel-frames:" + json.dumps(signal_contract(), sort_keys=True)).encode()).hexdigest()

@@ -1,0 +1,224 @@
+"""A calibrated model bundle: everything the agent needs to judge one machine, written and swapped atomically.
+
+On disk a bundle path (e.g. /var/lib/humwatch/pump1/bundle) is a symlink into `<path>.versions/<id>/`, holding
+`bundle.json`, the detector `.npz` files and a copy of the feature extractor. A new calibration fills a fresh
+version directory, fsyncs it, and replaces the symlink in one rename, so an interrupted calibration never touches
+the bundle in use, and `rollback` points the link back at the previous version.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import pathlib
+import shutil
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from agent.errors import ModelError
+from agent.spec import SCHEMA_VERSION, WINDOW_PATCHES, FrontEndParams
+
+MANIFEST = "bundle.json"
+EXTRACTOR_FILE = "extractor.tflite"
+FEATURE_SOURCES = ("cnn", "logmel-frames")
+FUSIONS = ("mean", "max")
+KEEP_VERSIONS = 3
+
+
+@dataclass(frozen=True)
+class DetectorEntry:
+    """One detector of a bundle; scores are standardised by the held-out normal score mean/std before fusion."""
+
+    file: str
+    kind: str
+    feature_source: str
+    score_mean: float = 0.0
+    score_std: float = 1.0
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: pathlib.Path  # the resolved version directory
+    id: str
+    machine: str
+    frontend: FrontEndParams
+    detectors: tuple[DetectorEntry, ...]
+    fusion: str
+    window_patches: int
+    threshold_high: float
+    threshold_low: float
+    extractor_sha256: str | None
+    manifest: dict
+
+    @property
+    def extractor_path(self) -> pathlib.Path | None:
+        return self.path / EXTRACTOR_FILE if self.extractor_sha256 else None
+
+    @property
+    def model_ids(self) -> dict:
+        """Short identifiers an alarm carries so a subscriber knows which model judged."""
+        return {"bundle": self.id, "extractor": (self.extractor_sha256 or "none")[:12],
+                "detectors": [d.kind + ("" if d.feature_source == "cnn" else f"@{d.feature_source}")
+                              for d in self.detectors]}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Bundle":
+        """Read and validate a bundle; every problem is a ModelError naming the file and field."""
+        root = pathlib.Path(path)
+        manifest_path = root / MANIFEST
+        if not root.exists():
+            raise ModelError(f"{root}: no bundle here (run `humwatch calibrate` first)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except FileNotFoundError:
+            raise ModelError(f"{manifest_path}: missing; {root} is not a calibrated bundle") from None
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{manifest_path}: not readable JSON ({exc})") from None
+        return cls._from_manifest(root.resolve(), manifest_path, manifest)
+
+    @classmethod
+    def _from_manifest(cls, root: pathlib.Path, where: pathlib.Path, m: dict) -> "Bundle":
+        def field(name: str, kind: type | tuple, default=...):
+            value = m.get(name, default)
+            if value is ... or not isinstance(value, kind):
+                raise ModelError(f"{where}: field {name!r} is missing or not {_kind_name(kind)}")
+            return value
+
+        if m.get("schema_version") != SCHEMA_VERSION:
+            raise ModelError(f"{where}: schema_version {m.get('schema_version')!r} is not {SCHEMA_VERSION}; "
+                             "recalibrate with this humwatch")
+        try:
+            frontend = FrontEndParams.from_dict(field("frontend", dict))
+        except ValueError as exc:
+            raise ModelError(f"{where}: {exc}") from None
+        threshold = field("threshold", dict)
+        high, low = threshold.get("high"), threshold.get("low")
+        if not all(isinstance(v, (int, float)) for v in (high, low)) or not low <= high:
+            raise ModelError(f"{where}: threshold.high and threshold.low must be numbers with low <= high")
+        entries = []
+        for i, d in enumerate(field("detectors", list)):
+            try:
+                entry = DetectorEntry(file=str(d["file"]), kind=str(d["kind"]), feature_source=str(d["feature_source"]),
+                                      score_mean=float(d.get("score_mean", 0.0)), score_std=float(d.get("score_std", 1.0)))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ModelError(f"{where}: detectors[{i}] is malformed ({exc})") from None
+            if entry.feature_source not in FEATURE_SOURCES or not entry.score_std > 0:
+                raise ModelError(f"{where}: detectors[{i}] has feature_source {entry.feature_source!r} "
+                                 f"(expected one of {FEATURE_SOURCES}) or a non-positive score_std")
+            if pathlib.PurePath(entry.file).name != entry.file:
+                raise ModelError(f"{where}: detectors[{i}].file must be a file name inside the bundle")
+            entries.append(entry)
+        if not entries:
+            raise ModelError(f"{where}: the bundle has no detector")
+        extractor = m.get("extractor")
+        extractor_sha = extractor.get("sha256") if isinstance(extractor, dict) else None
+        if any(e.feature_source == "cnn" for e in entries) and not isinstance(extractor_sha, str):
+            raise ModelError(f"{where}: a CNN detector needs extractor.sha256")
+        fusion = field("fusion", str, "mean")
+        if fusion not in FUSIONS:
+            raise ModelError(f"{where}: fusion {fusion!r} is not one of {FUSIONS}")
+        window = field("window_patches", int, WINDOW_PATCHES)
+        if window < 1:
+            raise ModelError(f"{where}: window_patches must be at least 1")
+        return cls(path=root, id=field("id", str), machine=field("machine", str, ""), frontend=frontend,
+                   detectors=tuple(entries), fusion=fusion, window_patches=window, threshold_high=float(high),
+                   threshold_low=float(low), extractor_sha256=extractor_sha, manifest=m)
+
+
+def _kind_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({dict: "an object", list: "a list", str: "a string", int: "an integer"}.get(k, k.__name__)
+                       for k in kinds)
+
+
+def write_bundle(link: str | os.PathLike, manifest: dict, fill: Callable[[pathlib.Path], None],
+                 extractor: str | os.PathLike | None = None) -> pathlib.Path:
+    """Write a new bundle version and make `link` point at it; the version in use until now stays for rollback.
+
+    `fill(directory)` saves the detector files named in the manifest. The manifest gets its id, schema version,
+    creation time and the previous version's id here. Returns the new version directory.
+    """
+    link = pathlib.Path(link)
+    versions = _versions_dir(link)
+    versions.mkdir(parents=True, exist_ok=True)
+    _adopt_plain_directory(link, versions)
+    bundle_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    staging = versions / f".{bundle_id}.partial"
+    staging.mkdir()
+    try:
+        if extractor is not None:
+            for suffix in ("", ".json"):
+                shutil.copyfile(f"{os.fspath(extractor)}{suffix}", staging / f"{EXTRACTOR_FILE}{suffix}")
+        fill(staging)
+        previous = current_version(link)
+        full = {**manifest, "schema_version": SCHEMA_VERSION, "id": bundle_id,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "previous": previous.name if previous else None}
+        (staging / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+        Bundle._from_manifest(staging, staging / MANIFEST, full)  # never publish a bundle the agent would refuse
+        for item in staging.iterdir():
+            _fsync(item)
+        final = versions / bundle_id
+        os.rename(staging, final)
+        _fsync(versions)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _point(link, final)
+    _prune(versions, keep={final.name, previous.name if previous else ""})
+    return final
+
+
+def rollback(link: str | os.PathLike) -> pathlib.Path:
+    """Point `link` back at the version the current one replaced."""
+    link = pathlib.Path(link)
+    current = current_version(link)
+    if current is None:
+        raise ModelError(f"{link}: there is no bundle to roll back")
+    previous = json.loads((current / MANIFEST).read_text()).get("previous")
+    target = _versions_dir(link) / str(previous)
+    if not previous or not (target / MANIFEST).exists():
+        raise ModelError(f"{link}: no previous bundle is kept to roll back to")
+    Bundle.load(target)
+    _point(link, target)
+    return target
+
+
+def current_version(link: pathlib.Path) -> pathlib.Path | None:
+    return link.resolve() if link.is_symlink() and link.exists() else None
+
+
+def _versions_dir(link: pathlib.Path) -> pathlib.Path:
+    return link.with_name(link.name + ".versions")
+
+
+def _adopt_plain_directory(link: pathlib.Path, versions: pathlib.Path) -> None:
+    """A bundle copied in by hand as a plain directory becomes a kept version, so it can be rolled back to."""
+    if link.is_dir() and not link.is_symlink():
+        adopted = versions / f"adopted-{uuid.uuid4().hex[:6]}"
+        os.rename(link, adopted)
+        _point(link, adopted)
+
+
+def _point(link: pathlib.Path, target: pathlib.Path) -> None:
+    temporary = link.with_name(f".{link.name}.{uuid.uuid4().hex[:6]}.link")
+    os.symlink(os.path.relpath(target, link.parent), temporary)
+    os.replace(temporary, link)
+    _fsync(link.parent)
+
+
+def _prune(versions: pathlib.Path, keep: set[str]) -> None:
+    finished = sorted((p for p in versions.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in finished[KEEP_VERSIONS:]:
+        if old.name not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,81 @@
+"""Samples → patches → features → patch scores → window scores: the one scoring path of the agent,
+`humwatch score`, calibration and evaluation.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.bundle import Bundle
+from agent.frontend import FrontEnd, PatchBatch
+from agent.scorers import Detector, load_detector
+from agent.spec import SAMPLE_RATE, logmel_extractor_sha256
+
+
+def frame_features(batch: PatchBatch) -> np.ndarray:
+    """The log-Mel frames of every patch, (n_patches × frames, mels): the input of frame-level detectors."""
+    return batch.db.transpose(0, 2, 1).reshape(-1, batch.db.shape[1])
+
+
+class PatchScorer:
+    """Scores patches with a bundle's detectors: one standardised score per detector, fused into one."""
+
+    def __init__(self, bundle: Bundle, num_threads: int = 1) -> None:
+        self.bundle = bundle
+        self.extractor = None
+        if bundle.extractor_path is not None:
+            from agent.extractor import Extractor  # loads the TFLite runtime only when a CNN is used
+
+            self.extractor = Extractor(bundle.extractor_path, num_threads=num_threads)
+        self.detectors: list[Detector] = [
+            load_detector(bundle.path / entry.file, extractor_sha256=bundle.extractor_sha256
+                          if entry.feature_source == "cnn" else logmel_extractor_sha256())
+            for entry in bundle.detectors]
+
+    def score(self, batch: PatchBatch) -> np.ndarray:
+        """One anomaly score per patch (higher = more anomalous)."""
+        if len(batch) == 0:
+            return np.empty(0)
+        per_detector = [(self._raw_scores(entry.feature_source, detector, batch) - entry.score_mean) / entry.score_std
+                        for entry, detector in zip(self.bundle.detectors, self.detectors)]
+        stacked = np.stack(per_detector)
+        return stacked.max(axis=0) if self.bundle.fusion == "max" else stacked.mean(axis=0)
+
+    def _raw_scores(self, source: str, detector: Detector, batch: PatchBatch) -> np.ndarray:
+        if source == "cnn":
+            return detector.score(self.extractor.embed(batch.images))
+        frames = detector.score(frame_features(batch))
+        return frames.reshape(len(batch), -1).mean(axis=1)  # a patch scores the mean of its frames
+
+
+@dataclass(frozen=True)
+class PatchScore:
+    time: float  # seconds of stream audio consumed when the patch completed
+    patch_score: float
+    window_score: float | None  # mean of the last window's patch scores; None until a full window is seen
+
+
+class Pipeline:
+    """The streaming form: push samples as they arrive, get a score for every new patch (one per 0.512 s)."""
+
+    def __init__(self, bundle: Bundle, num_threads: int = 1, scorer: PatchScorer | None = None) -> None:
+        self.bundle = bundle
+        self.scorer = scorer or PatchScorer(bundle, num_threads)
+        self.front_end = FrontEnd(bundle.frontend)
+        self._window: deque[float] = deque(maxlen=bundle.window_patches)
+
+    def reset(self) -> None:
+        self.front_end.reset()
+        self._window.clear()
+
+    def push(self, samples: np.ndarray) -> list[PatchScore]:
+        batch = self.front_end.push(samples)
+        results = []
+        for end, score in zip(batch.end_samples, self.scorer.score(batch)):
+            self._window.append(float(score))
+            full = len(self._window) == self._window.maxlen
+            results.append(PatchScore(time=float(end) / SAMPLE_RATE, patch_score=float(score),
+                                      window_score=float(np.mean(self._window)) if full else None))
+        return results

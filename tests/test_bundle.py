@@ -1,0 +1,138 @@
+"""Bundles: atomic versioned writes, rollback, refusal of damaged manifests, and the streaming pipeline."""
+import json
+
+import numpy as np
+import pytest
+
+from agent.audio import read_wav
+from agent.bundle import Bundle, rollback, write_bundle
+from agent.errors import ModelError
+from agent.frontend import clip_patches
+from agent.pipeline import PatchScorer, Pipeline, frame_features
+from agent.scorers import window_mean
+from agent.spec import FrontEndParams, logmel_extractor_sha256
+from calibration.detectors import fit_detector
+
+
+@pytest.fixture(scope="module")
+def normal_clips(shared_dir):
+    paths = sorted((shared_dir / "audio" / "dcase2020-id00" / "train").glob("*.wav"))[:6]
+    return [read_wav(p) for p in paths]
+
+
+@pytest.fixture(scope="module")
+def frame_detector(normal_clips):
+    frames = np.concatenate([frame_features(clip_patches(c)) for c in normal_clips[:4]])
+    return fit_detector("gmm", frames, logmel_extractor_sha256(), feature_source="logmel-frames", n_components=4)
+
+
+def manifest(**changes):
+    base = {"machine": "pump1", "frontend": FrontEndParams().to_dict(), "fusion": "mean", "window_patches": 18,
+            "detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames"}],
+            "threshold": {"high": 100.0, "low": 90.0}, "extractor": None}
+    base.update(changes)
+    return base
+
+
+def write(link, detector, **changes):
+    return write_bundle(link, manifest(**changes), lambda d: detector.save(d / "frames.npz"))
+
+
+def test_streaming_pipeline_equals_offline_window_means(tmp_path, normal_clips, frame_detector):
+    write(tmp_path / "bundle", frame_detector)
+    bundle = Bundle.load(tmp_path / "bundle")
+    clip = np.concatenate(normal_clips[4:6])
+    expected = window_mean(PatchScorer(bundle).score(clip_patches(clip)), 18)
+    pipeline, results = Pipeline(bundle), []
+    for start in range(0, len(clip), 3000):
+        results += pipeline.push(clip[start: start + 3000])
+    windows = [r.window_score for r in results]
+    assert len(results) == len(clip_patches(clip)) and windows[:17] == [None] * 17
+    np.testing.assert_allclose(windows[17:], expected, rtol=1e-12)
+    assert results[0].time == pytest.approx(16640 / 16000)
+    assert np.diff([r.time for r in results]) == pytest.approx(0.512)
+
+
+def test_a_louder_machine_scores_higher(tmp_path, normal_clips, frame_detector):
+    write(tmp_path / "bundle", frame_detector)
+    scorer = PatchScorer(Bundle.load(tmp_path / "bundle"))
+    normal = scorer.score(clip_patches(normal_clips[5])).mean()
+    t = np.arange(len(normal_clips[5])) / 16000
+    whine = normal_clips[5] + 0.05 * np.sin(2 * np.pi * 3100 * t).astype(np.float32)
+    assert scorer.score(clip_patches(whine)).mean() > normal + 50
+
+
+def test_new_version_replaces_link_and_rollback_restores(tmp_path, frame_detector):
+    link = tmp_path / "bundle"
+    first = write(link, frame_detector)
+    second = write(link, frame_detector, threshold={"high": 5.0, "low": 4.0})
+    assert link.resolve() == second and Bundle.load(link).threshold_high == 5.0
+    assert Bundle.load(link).manifest["previous"] == first.name
+    assert rollback(link) == first and Bundle.load(link).threshold_high == 100.0
+    with pytest.raises(ModelError, match="no previous bundle"):
+        rollback(link)
+
+
+def test_interrupted_write_leaves_the_bundle_in_use_untouched(tmp_path, frame_detector):
+    link = tmp_path / "bundle"
+    first = write(link, frame_detector)
+
+    def crash(directory):
+        frame_detector.save(directory / "frames.npz")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_bundle(link, manifest(), crash)
+    assert link.resolve() == first and Bundle.load(link).id == first.name
+    assert [p.name for p in (tmp_path / "bundle.versions").iterdir()] == [first.name]
+
+
+def test_a_bundle_the_agent_would_refuse_is_never_written(tmp_path, frame_detector):
+    with pytest.raises(ModelError, match="threshold"):
+        write(tmp_path / "bundle", frame_detector, threshold={"high": 1.0, "low": 2.0})
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_old_versions_are_pruned(tmp_path, frame_detector):
+    for _ in range(5):
+        write(tmp_path / "bundle", frame_detector)
+    assert len(list((tmp_path / "bundle.versions").iterdir())) == 3
+
+
+def test_plain_directory_bundle_is_adopted(tmp_path, frame_detector):
+    plain = write(tmp_path / "made" , frame_detector)
+    link = tmp_path / "bundle"
+    import shutil
+    shutil.copytree(plain, link)
+    write(link, frame_detector)
+    assert link.is_symlink() and rollback(link).name.startswith("adopted-")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"schema_version": 99}, "schema_version 99"),
+    ({"frontend": {**FrontEndParams().to_dict(), "n_mels": 128}}, "n_mels=128"),
+    ({"threshold": {"high": "x", "low": 1}}, "threshold.high"),
+    ({"detectors": []}, "no detector"),
+    ({"detectors": [{"file": "../x.npz", "kind": "gmm", "feature_source": "logmel-frames"}]}, "file name inside"),
+    ({"detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "cnn"}]}, "extractor.sha256"),
+    ({"fusion": "median"}, "fusion"),
+])
+def test_damaged_manifests_are_refused_naming_the_field(tmp_path, frame_detector, change, message):
+    version = write(tmp_path / "bundle", frame_detector)
+    path = version / "bundle.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(ModelError, match=message) as info:
+        Bundle.load(tmp_path / "bundle")
+    assert "bundle.json" in str(info.value)
+
+
+def test_missing_or_unreadable_bundles(tmp_path, frame_detector):
+    with pytest.raises(ModelError, match="no bundle here"):
+        Bundle.load(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="missing"):
+        Bundle.load(tmp_path / "empty")
+    version = write(tmp_path / "bundle", frame_detector)
+    (version / "frames.npz").write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="frames.npz"):
+        PatchScorer(Bundle.load(tmp_path / "bundle"))
