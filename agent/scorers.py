@@ -259,11 +259,14 @@ def load_detector(path, extractor_sha256: str | None = None) -> Detector:
     """Load and check a detector .npz; refuse (ModelError) one fitted on another extractor than `extractor_sha256`."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with loaded as npz:
             arrays = {name: npz[name] for name in npz.files}
     except FileNotFoundError:
         raise ModelError(f"{path}: no such detector file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, AttributeError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ModelError(f"{path}: not a readable detector .npz (truncated or damaged?): {exc}") from None
     detector = Detector(DetectorArrays(path, arrays))
     if extractor_sha256 is not None and detector.extractor_sha256 != extractor_sha256:
