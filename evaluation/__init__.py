@@ -1,0 +1,1 @@
+"""Workstation evaluation: the paper's ROC AUC protocol over backbones × detectors, beside autoencoder peers."""

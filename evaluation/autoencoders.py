@@ -1,0 +1,114 @@
+"""Peers: the autoencoders humwatch's transfer features are measured against (workstation only, tensorflow).
+
+- dense_ae: the MIMII / DCASE 2020 task 2 baseline. Input: 5 consecutive 64-band log-Mel frames at hop 512
+  (= every other humwatch frame) concatenated to 320 values; Dense 64 ×4, bottleneck 8, Dense 64 ×4 (each Dense
+  followed by batch norm and ReLU, as the DCASE 2020 baseline), linear output; Adam, MSE, batch 512. Clip score:
+  mean reconstruction error over the clip's vectors.
+- dcae: a LeNet-style convolutional autoencoder on the 64×64 dB Mel patches (the paper's peer): conv 5×5 (32) →
+  pool → conv 5×5 (64) → pool → conv 3×3 (128) → pool → dense 64 code, mirrored with transposed convolutions.
+  Input standardised with the training patches' mean and std. Patch score: MSE; clip score: mean over patches.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from evaluation.features import FeatureSource
+from evaluation.methods import Method
+
+DENSE_FRAMES = 5
+DENSE_FRAME_STEP = 2  # hop 512 as the baseline, from our hop-256 frames
+DENSE_EPOCHS = 50
+DENSE_BATCH = 512
+DCAE_EPOCHS = 30
+DCAE_BATCH = 64
+
+
+def _keras(seed: int):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep tensorflow's start-up chatter out of the progress
+    import tensorflow as tf
+
+    if not getattr(_keras, "configured", False):
+        tf.config.threading.set_intra_op_parallelism_threads(2)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        _keras.configured = True
+    tf.keras.utils.set_random_seed(seed)
+    return tf.keras
+
+
+def stacked_frames(logmel: np.ndarray) -> np.ndarray:
+    """(n_frames, 64) log-Mel at hop 256 → (n, 320): 5 consecutive hop-512 frames per row, as the baseline."""
+    frames = logmel[::DENSE_FRAME_STEP]
+    n = len(frames) - DENSE_FRAMES + 1
+    return np.concatenate([frames[t: t + n] for t in range(DENSE_FRAMES)], axis=1)
+
+
+def dense_ae_model(keras, dim: int):
+    inputs = keras.Input((dim,))
+    h = inputs
+    for units in (64, 64, 64, 64, 8, 64, 64, 64, 64):
+        h = keras.layers.Activation("relu")(keras.layers.BatchNormalization()(keras.layers.Dense(units)(h)))
+    return keras.Model(inputs, keras.layers.Dense(dim)(h))
+
+
+def dcae_model(keras, size: int = 64):
+    layers = keras.layers
+    inputs = keras.Input((size, size, 1))
+    h = inputs
+    for filters, kernel in ((32, 5), (64, 5), (128, 3)):
+        h = layers.Conv2D(filters, kernel, padding="same")(h)
+        h = layers.MaxPooling2D(2)(layers.Activation("relu")(layers.BatchNormalization()(h)))
+    code = layers.Dense(64)(layers.Flatten()(h))
+    h = layers.Reshape((size // 8, size // 8, 128))(layers.Dense((size // 8) ** 2 * 128, activation="relu")(code))
+    for filters, kernel in ((64, 3), (32, 5), (16, 5)):
+        h = layers.Conv2DTranspose(filters, kernel, strides=2, padding="same")(h)
+        h = layers.Activation("relu")(layers.BatchNormalization()(h))
+    return keras.Model(inputs, layers.Conv2D(1, 3, padding="same")(h))
+
+
+class DenseAutoencoder(Method):
+    def __init__(self, source: FeatureSource, epochs: int = DENSE_EPOCHS) -> None:
+        self.source, self.epochs = source, epochs
+        self.name = "dense AE (MIMII/DCASE baseline)"
+        self._model = None
+
+    def fit(self, train: list[np.ndarray], seed: int) -> None:
+        keras = _keras(seed)
+        x = np.concatenate([stacked_frames(c) for c in train]).astype(np.float32)
+        self._model = dense_ae_model(keras, x.shape[1])
+        self._model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        self._model.fit(x, x, epochs=self.epochs, batch_size=DENSE_BATCH, shuffle=True, verbose=0)
+
+    def clip_scores(self, clips: list[np.ndarray]) -> np.ndarray:
+        vectors = [stacked_frames(c).astype(np.float32) for c in clips]
+        errors = _reconstruction_error(self._model, np.concatenate(vectors), DENSE_BATCH)
+        return np.array([e.mean() for e in np.split(errors, np.cumsum([len(v) for v in vectors])[:-1])])
+
+
+class ConvAutoencoder(Method):
+    def __init__(self, source: FeatureSource, epochs: int = DCAE_EPOCHS) -> None:
+        self.source, self.epochs = source, epochs
+        self.name = "DCAE (conv AE on patches)"
+        self._model = None
+        self._mean = self._std = 0.0
+
+    def fit(self, train: list[np.ndarray], seed: int) -> None:
+        keras = _keras(seed)
+        x = np.concatenate(train).astype(np.float32)
+        self._mean, self._std = float(x.mean()), float(x.std()) or 1.0
+        x = ((x - self._mean) / self._std)[..., None]
+        self._model = dcae_model(keras, x.shape[1])
+        self._model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        self._model.fit(x, x, epochs=self.epochs, batch_size=DCAE_BATCH, shuffle=True, verbose=0)
+
+    def clip_scores(self, clips: list[np.ndarray]) -> np.ndarray:
+        x = ((np.concatenate(clips).astype(np.float32) - self._mean) / self._std)[..., None]
+        errors = _reconstruction_error(self._model, x, DCAE_BATCH)
+        return np.array([e.mean() for e in np.split(errors, np.cumsum([len(c) for c in clips])[:-1])])
+
+
+def _reconstruction_error(model, x: np.ndarray, batch: int) -> np.ndarray:
+    """Mean squared error per input row (per vector or per patch)."""
+    y = model.predict(x, batch_size=batch, verbose=0)
+    return np.square(y - x).reshape(len(x), -1).mean(axis=1)

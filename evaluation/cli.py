@@ -1,0 +1,93 @@
+"""`humwatch evaluate`: ROC AUC of backbones × detectors and the autoencoder peers, with the paper's protocol."""
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+import sys
+import time
+
+from agent.errors import ConfigError
+from agent.spec import SCALINGS, FrontEndParams
+from evaluation.cache import FeatureCache
+from evaluation.datasets import find_machines
+from evaluation.features import cnn_source, logmel_source, patch_db_source
+from evaluation.methods import DetectorMethod, Method
+from evaluation.protocol import PAPER_NORMAL_TEST
+from evaluation.report import markdown_table, write_reports
+from evaluation.runner import run_protocol
+
+log = logging.getLogger(__name__)
+
+DETECTORS = ("gmm", "ocsvm", "bgmm", "iforest", "kde")
+PEERS = ("dcae", "dense_ae", "logmel_gmm")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", type=pathlib.Path, metavar="DATASET_DIR",
+                        help="a MIMII-layout or DCASE 2020-layout dataset folder")
+    parser.add_argument("--models", nargs="*", type=pathlib.Path, default=[],
+                        help="converted TFLite feature extractors (humwatch convert), e.g. float32 and int8")
+    parser.add_argument("--detectors", default="gmm,ocsvm", help=f"comma list from {','.join(DETECTORS)}")
+    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma list from {','.join(PEERS)}, or 'none'")
+    parser.add_argument("--seeds", type=int, default=5, help="protocol repetitions (seeds 0..N-1)")
+    parser.add_argument("--max-normal-test", type=int, default=PAPER_NORMAL_TEST,
+                        help="normal (and abnormal) test clips per seed; fewer when the data are smaller")
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="folder for the table, CSV and figure")
+    parser.add_argument("--cache", type=pathlib.Path, help="feature cache folder (default: OUT/cache)")
+    parser.add_argument("--channel", default="0", help="WAV channel to use (MIMII reference mic: 0) or 'mean'")
+    parser.add_argument("--scaling", choices=SCALINGS, default="minmax", help="patch image scaling (paper: minmax)")
+    parser.add_argument("--threads", type=int, default=1, help="TFLite threads")
+    parser.add_argument("--dense-ae-epochs", type=int, default=None, help="dense AE training epochs")
+    parser.add_argument("--dcae-epochs", type=int, default=None, help="DCAE training epochs")
+
+
+def _list(text: str, allowed: tuple, flag: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip() and t.strip() != "none"]
+    unknown = [t for t in items if t not in allowed]
+    if unknown:
+        raise ConfigError(f"{flag}: unknown {', '.join(unknown)}; choose from {','.join(allowed)}")
+    return items
+
+
+def build_methods(args: argparse.Namespace) -> list[Method]:
+    channel = "mean" if args.channel == "mean" else int(args.channel)
+    detectors = _list(args.detectors, DETECTORS, "--detectors")
+    peers = _list(args.peers, PEERS, "--peers")
+    methods: list[Method] = []
+    params = FrontEndParams(scaling=args.scaling)
+    for model in args.models:
+        if not model.is_file():
+            raise ConfigError(f"{model}: model file not found")
+        source = cnn_source(model, params, channel, args.threads)
+        methods += [DetectorMethod(source, kind) for kind in detectors]
+    if "dcae" in peers:
+        from evaluation.autoencoders import DCAE_EPOCHS, ConvAutoencoder
+        methods.append(ConvAutoencoder(patch_db_source(channel), args.dcae_epochs or DCAE_EPOCHS))
+    if "dense_ae" in peers:
+        from evaluation.autoencoders import DENSE_EPOCHS, DenseAutoencoder
+        methods.append(DenseAutoencoder(logmel_source(channel), args.dense_ae_epochs or DENSE_EPOCHS))
+    if "logmel_gmm" in peers:
+        from evaluation.logmel_gmm import LogMelGmm
+        methods.append(LogMelGmm(logmel_source(channel)))
+    if not methods:
+        raise ConfigError("nothing to evaluate: give --models with --detectors, or --peers")
+    return methods
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.seeds < 1 or args.max_normal_test < 1:
+        raise ConfigError("--seeds and --max-normal-test must be at least 1")
+    machines = find_machines(args.dataset)
+    methods = build_methods(args)
+    cache = FeatureCache(args.cache or args.out / "cache")
+    started = time.monotonic()
+    print(f"evaluating {len(methods)} methods on {len(machines)} machines × {args.seeds} seeds", file=sys.stderr)
+    results = run_protocol(machines, methods, list(range(args.seeds)), cache, args.max_normal_test,
+                           progress=lambda line: print(line, file=sys.stderr, flush=True))
+    title = f"ROC AUC, {args.dataset.name}, {args.seeds} seeds"
+    files = write_reports(results, args.out, title)
+    print(markdown_table(results))
+    print(f"wrote {', '.join(str(p) for p in files.values())} in {time.monotonic() - started:.0f} s "
+          f"(feature cache: {cache.hits} hits, {cache.misses} computed)", file=sys.stderr)
+    return 0

@@ -1,0 +1,60 @@
+"""What each method looks at, computed per clip: CNN embeddings of the patch images, dB patches, log-Mel frames.
+
+A FeatureSource describes itself (for the cache key) and computes one clip's features from its WAV file.
+"""
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from agent.audio import read_wav
+from agent.frontend import clip_patches
+from agent.mel import mel_db
+from agent.spec import FrontEndParams, signal_contract
+from evaluation.cache import FeatureCache
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    name: str
+    description: dict
+    compute: Callable[[pathlib.Path], np.ndarray]
+    extractor_sha256: str = ""  # CNN sources: the detector records which extractor its features came from
+
+    def clips(self, paths, cache: FeatureCache) -> list[np.ndarray]:
+        return [cache.get(p, self.description, self.compute) for p in paths]
+
+
+def cnn_source(model_path: pathlib.Path, params: FrontEndParams, channel=0, num_threads: int = 1) -> FeatureSource:
+    """(18, d) float32 CNN features of a 10 s clip's patch images, from a converted TFLite extractor."""
+    from agent.extractor import Extractor  # the TFLite runtime loads only when a backbone is evaluated
+
+    extractor = Extractor(model_path, num_threads=num_threads)
+    name = pathlib.Path(model_path).name.removesuffix(".tflite")
+
+    def compute(path: pathlib.Path) -> np.ndarray:
+        return extractor.embed(clip_patches(read_wav(path, channel), params).images).astype(np.float32)
+
+    description = {"source": "cnn", "extractor_sha256": extractor.sha256, "frontend": params.to_dict(),
+                   "channel": channel}
+    return FeatureSource(name, description, compute, extractor.sha256)
+
+
+def patch_db_source(channel=0) -> FeatureSource:
+    """(18, 64 mels, 64 frames) float32 dB patches, as the front end cuts them."""
+    def compute(path: pathlib.Path) -> np.ndarray:
+        return clip_patches(read_wav(path, channel)).db.astype(np.float32)
+
+    return FeatureSource("patch-db", {"source": "patch_db", "contract": signal_contract(), "channel": channel},
+                         compute)
+
+
+def logmel_source(channel=0) -> FeatureSource:
+    """(n_frames, 64) float32 log-Mel (dB) frames, hop 256, centred as librosa does."""
+    def compute(path: pathlib.Path) -> np.ndarray:
+        return mel_db(read_wav(path, channel)).T.astype(np.float32)
+
+    return FeatureSource("logmel", {"source": "logmel", "contract": signal_contract(), "channel": channel}, compute)
