@@ -1,0 +1,110 @@
+"""Turns batches of 64x64 viridis patch images into CNN feature vectors with a converted TFLite model.
+
+A model is `<name>.tflite` plus its sidecar `<name>.tflite.json` written by `humwatch convert`. The sidecar
+records the front end the model was made for; a model made for a different signal contract is refused, because
+its features would silently mean something else.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from agent import spec
+from agent.errors import ModelError
+from agent.runtime import load_interpreter
+
+SIDECAR_SUFFIX = ".json"
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """Where the sidecar of `model_path` lives: next to it, with `.json` appended."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.name + SIDECAR_SUFFIX)
+
+
+def read_sidecar(model_path: str | Path) -> dict:
+    """The sidecar dict of a model, checked against this humwatch's signal contract."""
+    path = sidecar_path(model_path)
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{path}: sidecar missing; convert the model with `humwatch convert`") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable sidecar ({exc})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("frontend"), dict):
+        raise ModelError(f"{path}: sidecar has no 'frontend' section")
+    try:
+        spec.FrontEndParams.from_dict(info["frontend"])
+    except ValueError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    if not isinstance(info.get("feature_dim"), int):
+        raise ModelError(f"{path}: sidecar field 'feature_dim' missing or not an integer")
+    return info
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Extractor:
+    """A frozen feature extractor: `.embed(images uint8 (n,64,64,3)) -> float32 (n, feature_dim)`."""
+
+    def __init__(self, model_path: str | Path, num_threads: int = 1):
+        self.path = Path(model_path)
+        self.info = read_sidecar(self.path)
+        self.interpreter = load_interpreter(self.path, num_threads)
+        self.sha256 = file_sha256(self.path)
+        self.feature_dim = int(self.info["feature_dim"])
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        if tuple(self._input["shape"][1:]) != spec.IMAGE_SHAPE:
+            raise ModelError(f"{self.path}: model input {list(self._input['shape'])} is not "
+                             f"(n, {', '.join(map(str, spec.IMAGE_SHAPE))})")
+        if tuple(self._output["shape"][1:]) != (self.feature_dim,):
+            raise ModelError(f"{self.path}: model output {list(self._output['shape'])} does not match "
+                             f"feature_dim {self.feature_dim} in its sidecar")
+        self._batch = int(self._input["shape"][0])
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Features of a batch of viridis images; rows match the images' order."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != spec.IMAGE_SHAPE:
+            raise ValueError(f"images must be uint8 (n, {', '.join(map(str, spec.IMAGE_SHAPE))}), "
+                             f"got {images.dtype} {images.shape}")
+        n = len(images)
+        if n == 0:
+            return np.zeros((0, self.feature_dim), dtype=np.float32)
+        if n != self._batch:
+            self.interpreter.resize_tensor_input(self._input["index"], [n, *spec.IMAGE_SHAPE])
+            self.interpreter.allocate_tensors()
+            self._batch = n
+        self.interpreter.set_tensor(self._input["index"], _to_input(images, self._input))
+        self.interpreter.invoke()
+        return _dequantise(self.interpreter.get_tensor(self._output["index"]), self._output)
+
+
+def _to_input(images: np.ndarray, detail: dict) -> np.ndarray:
+    """uint8 pixel values 0..255 in the input tensor's type, quantised by its (scale, zero point) when it has one."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = detail["quantization"]
+    if dtype.kind == "f":
+        return images.astype(dtype)
+    if scale == 0.0 or (scale == 1.0 and zero_point == 0 and dtype == np.uint8):
+        return images.astype(dtype, copy=False)
+    info = np.iinfo(dtype)
+    q = np.round(images.astype(np.float32) / scale + zero_point)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def _dequantise(values: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if np.dtype(detail["dtype"]).kind == "f" or scale == 0.0:
+        return values.astype(np.float32)
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
