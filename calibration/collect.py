@@ -180,9 +180,14 @@ METER_FLOOR_DBFS = -64.0  # the empty meter; each cell is 8 dB
 CHUNK_SECONDS = 0.1
 
 
-def record(minutes: float, device: str | None = None, out: TextIO = sys.stderr) -> np.ndarray:
-    """Record `minutes` from the input device named `device` (a substring of its PortAudio name; None: the
-    default input) as 16 kHz mono float32, drawing progress and a level meter on one line of `out`."""
+def record(minutes: float, device: int | str | None = None, rate: int = SAMPLE_RATE, channels: int = 1,
+           channel: int | str = 0, out: TextIO = sys.stderr) -> np.ndarray:
+    """Record `minutes` from an input device (PortAudio index, part of its name, or None: the default input) as
+    16 kHz mono float32, drawing progress and a level meter on one line of `out`.
+
+    The device is opened at `rate` with `channels` (falling back to its default rate if it refuses `rate`);
+    `channel` is the one analysed, or "mean", as the agent does with the same settings.
+    """
     import pyaudio  # the board's optional audio extra; imported only when recording
 
     if not minutes > 0:
@@ -190,18 +195,19 @@ def record(minutes: float, device: str | None = None, out: TextIO = sys.stderr) 
     audio = pyaudio.PyAudio()
     try:
         index = _input_device(audio, device)
-        rate = _capture_rate(audio, index)
+        rate = _capture_rate(audio, index, rate, channels)
         chunk = int(rate * CHUNK_SECONDS)
         try:
-            stream = audio.open(format=pyaudio.paInt16, channels=1, rate=rate, input=True,
+            stream = audio.open(format=pyaudio.paInt16, channels=channels, rate=rate, input=True,
                                 input_device_index=index, frames_per_buffer=chunk)
         except OSError as exc:
-            raise AudioError(f"input device {device or 'default'}: cannot open for recording ({exc})") from None
+            raise AudioError(f"input device {device if device is not None else 'default'}: cannot open for "
+                             f"recording ({exc})") from None
         pieces, got, wanted = [], 0, int(round(minutes * 60 * rate))
         try:
             while got < wanted:
                 raw = stream.read(min(chunk, wanted - got), exception_on_overflow=False)
-                piece = np.frombuffer(raw, dtype=np.int16)
+                piece = np.frombuffer(raw, dtype=np.int16).reshape(-1, channels)
                 pieces.append(piece)
                 got += len(piece)
                 out.write("\r" + meter_line(got / rate, wanted / rate, level_dbfs(piece / 32768.0)))
@@ -212,7 +218,7 @@ def record(minutes: float, device: str | None = None, out: TextIO = sys.stderr) 
         out.write("\n")
     finally:
         audio.terminate()
-    return to_mono_16k(np.concatenate(pieces), rate)
+    return to_mono_16k(np.concatenate(pieces), rate, channel)
 
 
 def meter_line(elapsed_s: float, total_s: float, level: float) -> str:
@@ -222,33 +228,34 @@ def meter_line(elapsed_s: float, total_s: float, level: float) -> str:
             f"{'▮' * filled}{'▯' * (METER_CELLS - filled)}")
 
 
-def _input_device(audio, name: str | None) -> int | None:
+def _input_device(audio, name: int | str | None) -> int:
     if name in (None, "", "default"):
-        return None
+        try:
+            return int(audio.get_default_input_device_info()["index"])
+        except OSError as exc:
+            raise AudioError(f"no default input device to record from ({exc})") from None
     inputs = [(i, audio.get_device_info_by_index(i)) for i in range(audio.get_device_count())]
     inputs = [(i, info["name"]) for i, info in inputs if info.get("maxInputChannels", 0) > 0]
+    if isinstance(name, int) and name in dict(inputs):
+        return name
     for i, device_name in inputs:
         if device_name == name:
             return i
-    matches = [i for i, device_name in inputs if name in device_name]
+    matches = [i for i, device_name in inputs if isinstance(name, str) and name in device_name]
     if len(matches) == 1:
         return matches[0]
     known = ", ".join(repr(n) for _, n in inputs) or "none"
     raise AudioError(f"input device {name!r}: {'ambiguous' if matches else 'not found'} (input devices: {known})")
 
 
-def _capture_rate(audio, index: int | None) -> int:
-    """16 kHz when the device takes it, else its default rate (converted to 16 kHz afterwards)."""
+def _capture_rate(audio, index: int, rate: int, channels: int) -> int:
+    """`rate` when the device takes it, else its default rate (converted to 16 kHz afterwards)."""
     import pyaudio
 
     try:
-        if audio.is_format_supported(SAMPLE_RATE, input_device=index, input_channels=1,
+        if audio.is_format_supported(rate, input_device=index, input_channels=channels,
                                      input_format=pyaudio.paInt16):
-            return SAMPLE_RATE
+            return rate
     except ValueError:
         pass
-    try:
-        info = audio.get_default_input_device_info() if index is None else audio.get_device_info_by_index(index)
-    except OSError as exc:
-        raise AudioError(f"no input device to record from ({exc})") from None
-    return int(info["defaultSampleRate"])
+    return int(audio.get_device_info_by_index(index)["defaultSampleRate"])

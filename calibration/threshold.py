@@ -21,6 +21,7 @@ Method (documented in the README, section calibrate):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 from scipy import stats
@@ -28,12 +29,26 @@ from scipy import stats
 from agent.spec import PATCH_SECONDS, WINDOW_PATCHES
 
 SECONDS_PER_DAY = 86_400.0
+HELDOUT_EVERY = 4  # one block in four is held out for the threshold
+MIN_HELDOUT_WINDOWS = 6  # fewer independent held-out windows say too little about the normal spread
 DEFAULT_FALSE_ALARMS_PER_DAY = 1.0 / 7.0
 TAIL_FRACTION = 0.15
 MIN_GPD_EXCEEDANCES = 10
 LOW_QUANTILE = 0.99
 # Shape estimates beyond this are noise from a handful of points; extrapolating them would put the threshold anywhere.
 MAX_GPD_SHAPE = 0.5
+
+
+def heldout_mask(patch_counts: Sequence[int], every: int = HELDOUT_EVERY) -> np.ndarray:
+    """Which blocks are held out: every `every`-th block (in time order) long enough to hold one full window.
+
+    Splitting by time, not by random patches, keeps neighbouring (overlapping) patches out of the held-out part,
+    and spreading the held-out blocks over the whole calibration makes them sample all of it.
+    """
+    eligible = np.flatnonzero(np.asarray(patch_counts, dtype=np.int64) >= WINDOW_PATCHES)
+    mask = np.zeros(len(patch_counts), dtype=bool)
+    mask[eligible[every - 1::every]] = True
+    return mask
 
 
 def decisions_per_day(window_patches: int = WINDOW_PATCHES) -> float:

@@ -1,0 +1,107 @@
+"""`humwatch calibrate`: learn a machine's normal sound from the microphone or WAV files and write a model bundle.
+
+Also `humwatch calibrate --rollback`, which points the bundle back at the version the last calibration replaced.
+The agent picks up a new bundle on SIGHUP or restart.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+
+from agent.errors import ConfigError
+from agent.paths import default_model
+from calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = pathlib.Path("/var/lib/humwatch")
+DETECTORS = ("gmm", "ocsvm")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sources", nargs="*", metavar="WAV", help="WAV files or folders of normal sound")
+    parser.add_argument("--record", type=float, metavar="MINUTES",
+                        help="record this many minutes from the microphone instead of reading WAV files")
+    parser.add_argument("--device", metavar="NAME",
+                        help="input device to record from: part of its name or its index (default: the config's "
+                             "audio.device, else the system default)")
+    parser.add_argument("--config", type=pathlib.Path, metavar="FILE",
+                        help="the agent's humwatch.toml: bundle path, machine name, audio device and threads")
+    parser.add_argument("--model", type=pathlib.Path, metavar="EXTRACTOR.tflite",
+                        help=f"feature extractor (default: {default_model()})")
+    parser.add_argument("--out", type=pathlib.Path, metavar="BUNDLE_DIR",
+                        help="bundle path (default: the config's model.bundle, else "
+                             f"{STATE_DIR}/<machine>/bundle)")
+    parser.add_argument("--machine", metavar="NAME", help="machine name (default: the config's machine.name)")
+    parser.add_argument("--detector", choices=DETECTORS, default="gmm", help="detector fitted (default: gmm)")
+    parser.add_argument("--false-alarms-per-day", type=float, default=DEFAULT_FALSE_ALARMS_PER_DAY, metavar="RATE",
+                        help="false alarms per day the threshold aims at on normal sound (default: 1 per week)")
+    parser.add_argument("--report-dir", type=pathlib.Path, metavar="DIR",
+                        help="also write the report (PNG and text) here; it is always kept inside the bundle")
+    parser.add_argument("--rollback", action="store_true",
+                        help="restore the bundle the last calibration replaced, and do nothing else")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = _load_config(args.config)
+    machine = args.machine or (config.machine.name if config else "")
+    out = _bundle_path(args.out, config, machine)
+    if args.rollback:
+        return _rollback(args, out)
+    from calibration.calibrate import calibrate  # scikit-learn and the TFLite runtime only when calibrating
+    from calibration.collect import record, split_blocks, wav_blocks
+
+    if args.record is not None and args.sources:
+        raise ConfigError("give either --record MINUTES or WAV files/folders, not both")
+    if not args.false_alarms_per_day > 0:
+        raise ConfigError(f"--false-alarms-per-day {args.false_alarms_per_day}: must be greater than 0")
+    if args.record is not None:
+        audio = config.audio if config else None
+        device = _device(args.device) if args.device is not None else (audio.device if audio else None)
+        samples = record(args.record, device, **({"rate": audio.rate, "channels": audio.channels,
+                                                  "channel": audio.channel} if audio else {}))
+        blocks = split_blocks("recording", samples)
+    elif args.sources:
+        blocks = wav_blocks(args.sources)
+    else:
+        raise ConfigError("no calibration audio: give WAV files or folders, or --record MINUTES")
+    result = calibrate(blocks, args.model or default_model(), out, detector=args.detector,
+                       false_alarms_per_day=args.false_alarms_per_day, machine=machine, report_dir=args.report_dir,
+                       num_threads=config.model.threads if config else 1)
+    print("\n".join(result.summary_lines()))
+    print("the agent uses the new bundle after `systemctl reload` (SIGHUP) or a restart")
+    return 0
+
+
+def _rollback(args: argparse.Namespace, out: pathlib.Path) -> int:
+    from agent.bundle import rollback
+
+    if args.sources or args.record is not None:
+        raise ConfigError("--rollback takes no audio; it only restores the previous bundle")
+    restored = rollback(out)
+    print(f"{out} now points at {restored}; the agent uses it after `systemctl reload` (SIGHUP) or a restart")
+    return 0
+
+
+def _load_config(path: pathlib.Path | None):
+    if path is None:
+        return None
+    from agent.config import load_config
+
+    return load_config(path)
+
+
+def _bundle_path(out: pathlib.Path | None, config, machine: str) -> pathlib.Path:
+    if out is not None:
+        return out
+    if config is not None:
+        return config.model.bundle
+    if machine:
+        return STATE_DIR / machine / "bundle"
+    raise ConfigError("where should the bundle go? give --out BUNDLE_DIR, --config FILE or --machine NAME")
+
+
+def _device(text: str) -> int | str:
+    """A device index given as digits, else (part of) a device name."""
+    return int(text) if text.isdigit() else text
