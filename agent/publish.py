@@ -31,6 +31,17 @@ from agent.outbox import Outbox, OutboxEntry
 
 log = logging.getLogger(__name__)
 
+
+class _QuietRetries(logging.Filter):
+    """paho 2.2 logs an ERROR on every retry while the broker is unreachable; our own warning already says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Client is not connected")
+
+
+paho_log = logging.getLogger(f"{__name__}.paho")
+paho_log.addFilter(_QuietRetries())
+
 STATES = ("normal", "anomaly", "sensor_fault")
 ONLINE, OFFLINE = "online", "offline"
 
@@ -266,7 +277,8 @@ class MqttPublisher:
         self._device_info = dict(device_info or {})
         self.client_id = settings.client_id or f"humwatch-{node_id(machine)}-{socket.gethostname()}"
         self._client = make_client(settings, self.client_id)
-        self._client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        self._client.enable_logger(paho_log)
+        self._client.suppress_exceptions = True  # a failing callback is logged; the network thread lives on
         self._client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
         self._client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
         self._client.on_connect = self._on_connect
@@ -385,7 +397,7 @@ class MqttPublisher:
         reason = str(sys.exc_info()[1] or "unknown error")  # paho calls this inside its `except OSError`
         level = logging.WARNING if reason != self._last_failure else logging.DEBUG
         self._last_failure = reason
-        log.log(level, "MQTT: cannot connect to %s: %s; retrying every %g..%g s, %d alarm(s) kept in the outbox",
+        log.log(level, "MQTT: cannot connect to %s: %s; retrying with backoff %g..%g s, %d alarm(s) kept in the outbox",
                 self._where, reason, self.settings.reconnect_min_s, self.settings.reconnect_max_s,
                 self.pending_alarms())
 

@@ -32,7 +32,7 @@ def free_port() -> int:
 class Mosquitto:
     """One mosquitto process with a generated config; `stop()` and `start()` keep host, port and data."""
 
-    def __init__(self, directory: pathlib.Path, extra_config: Iterable[str] = ()) -> None:
+    def __init__(self, directory: pathlib.Path, extra_config: Iterable[str] = (), anonymous: bool = True) -> None:
         if shutil.which("mosquitto") is None:
             pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
         self.host = "127.0.0.1"
@@ -43,7 +43,7 @@ class Mosquitto:
         self.config_path = self.dir / "mosquitto.conf"
         self.config_path.write_text("\n".join([
             f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+            f"allow_anonymous {'true' if anonymous else 'false'}",
             "persistence true",
             f"persistence_location {self.dir}/",
             f"log_dest file {self.log_path}",
@@ -90,6 +90,69 @@ class Mosquitto:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Link:
+    """A TCP relay to the broker that a test can black-hole or cut, like a failing network between agent and broker."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.broker = broker
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.host, self.port = self._server.getsockname()
+        self._connections: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._blackholed = threading.Event()
+        self.dropped_bytes = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection((self.broker.host, self.broker.port))
+            except OSError:
+                return
+            with self._lock:
+                self._connections += [client, upstream]
+            threading.Thread(target=self._relay, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._relay, args=(upstream, client, False), daemon=True).start()
+
+    def _relay(self, source: socket.socket, target: socket.socket, outbound: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if outbound and self._blackholed.is_set():
+                    self.dropped_bytes += len(data)
+                    continue
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                _shut(sock)
+
+    def blackhole(self) -> None:
+        """From now on, what clients send is silently lost (connections stay open)."""
+        self._blackholed.set()
+
+    def cut(self) -> None:
+        """Drop every connection through the link; new ones work normally again."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+            self._blackholed.clear()
+        for sock in connections:
+            _shut(sock)
+
+    def close(self) -> None:
+        self._server.close()
+        self.cut()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in another thread
+    except OSError:
+        pass
+    sock.close()
 
 
 @dataclass(frozen=True)
@@ -178,6 +241,14 @@ def subscribe(mosquitto):
     yield make
     for subscriber in subscribers:
         subscriber.close()
+
+
+@pytest.fixture
+def link(mosquitto):
+    """A relay to `mosquitto` that the test can black-hole and cut."""
+    relay = Link(mosquitto)
+    yield relay
+    relay.close()
 
 
 @dataclass(frozen=True)

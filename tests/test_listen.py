@@ -1,0 +1,108 @@
+"""`humwatch listen` against a real mosquitto: one line per alarm, state and status message."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from agent.listen import render
+from agent.outbox import Outbox
+from agent.publish import MqttPublisher, MqttSettings
+from tests.plugins.broker import free_port
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def listen(broker, *options: str) -> subprocess.Popen:
+    """Start `humwatch listen` and return once it is subscribed."""
+    process = subprocess.Popen([sys.executable, "-m", "agent.cli", "listen", "--host", broker.host, "--port",
+                                str(broker.port), *options], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    first = process.stderr.readline()
+    if not first.startswith("listening on"):
+        process.kill()
+        pytest.fail(f"humwatch listen did not subscribe: {first}{process.stderr.read()}")
+    return process
+
+
+def wait_connected(publisher: MqttPublisher) -> None:
+    if not publisher._connected.wait(15):
+        pytest.fail("the publisher did not connect")
+
+
+@pytest.fixture
+def publisher(mosquitto, tmp_path):
+    made = []
+
+    def make(machine: str) -> MqttPublisher:
+        settings = MqttSettings(host=mosquitto.host, port=mosquitto.port, discovery=False, reconnect_min_s=0.2)
+        made.append(MqttPublisher(settings, Outbox(tmp_path / f"{machine}.sqlite"), machine))
+        made[-1].start()
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.stop(timeout=1)
+
+
+def test_listen_prints_state_and_alarms_of_one_machine(mosquitto, publisher):
+    pump = publisher("pump-1")
+    pump.publish_state("normal")
+    wait_connected(pump)
+    process = listen(mosquitto, "--machine", "pump-1", "--count", "4")  # 2 retained, then 2 live
+    pump.publish_alarm({"id": "a1", "kind": "anomaly", "event": "raised", "window_score": 3.14159,
+                        "threshold": 2.5, "reason": "window score above threshold"})
+    pump.publish_state("anomaly", "score 3.14 above 2.5")
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 4
+    assert sorted(line.split(" ", 1)[1] for line in lines[:2]) == \
+        ["pump-1 state normal [retained]", "pump-1 status online [retained]"]
+    assert sorted(line.split(" ", 1)[1] for line in lines[2:]) == [  # alarm and state take separate paths
+        "pump-1 ALARM anomaly raised score 3.142 threshold 2.5 - window score above threshold (id a1)",
+        "pump-1 state anomaly (score 3.14 above 2.5)"]
+
+
+def test_listen_json_lines_cover_every_machine(mosquitto, publisher):
+    first, second = publisher("pump-1"), publisher("fan-2")
+    first.publish_state("normal")
+    second.publish_state("sensor_fault", "silence")
+    wait_connected(first)
+    wait_connected(second)
+    process = listen(mosquitto, "--json", "--count", "4")  # two retained statuses and two retained states
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert {(r["machine"], r["type"]) for r in records} == \
+        {("pump-1", "status"), ("pump-1", "state"), ("fan-2", "status"), ("fan-2", "state")}
+    assert all(r["retained"] for r in records)
+    fan_state = next(r for r in records if r["machine"] == "fan-2" and r["type"] == "state")
+    assert fan_state["topic"] == "humwatch/fan-2/state"
+    assert (fan_state["payload"]["state"], fan_state["payload"]["detail"]) == ("sensor_fault", "silence")
+
+
+def test_an_unreachable_broker_is_one_clear_line_and_exit_2():
+    port = free_port()  # nothing listens here
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "listen", "--host", "127.0.0.1", "--port", str(port)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr == f"humwatch listen: error: cannot reach the MQTT broker at 127.0.0.1:{port}: " \
+                          "Connection refused\n"
+
+
+def test_a_bad_ca_file_is_named_by_its_option(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate")
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "listen", "--ca-file", str(ca)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"humwatch listen: error: --ca-file: not a PEM CA certificate file {ca}")
+    assert done.stderr.count("\n") == 1
+
+
+def test_render_keeps_non_json_payloads_and_marks_retained():
+    assert render("humwatch/m/status", b"offline", True, False).endswith(" m status offline [retained]")
+    assert json.loads(render("humwatch/m/status", b"offline", False, True)) == \
+        {"topic": "humwatch/m/status", "machine": "m", "type": "status", "retained": False, "payload": "offline"}
