@@ -84,13 +84,15 @@ class MixtureScorer:
         precisions_cholesky = arrays.real("precisions_cholesky", (k, dim), positive=True)
         log_weights = arrays.real("log_weights", (k,))
         # Precomputed once so a batch costs two matrix products: z^2 @ P.T - 2 z @ (mean * P).T + const.
-        self.precisions = (precisions_cholesky ** 2).T.copy()  # (dim, k)
-        self.means_precisions = (means * precisions_cholesky ** 2).T.copy()  # (dim, k)
+        # Matrices are kept (k, dim) and multiplied through .T views: for one patch that is a single-threaded
+        # BLAS gemv, which a (dim, k) copy was not (OpenBLAS threads then stalled on a busy CPU).
+        self.precisions = precisions_cholesky ** 2
+        self.means_precisions = means * self.precisions
         self.constants = (log_weights + np.sum(np.log(precisions_cholesky), axis=1)
                           - 0.5 * (dim * LOG_2PI + np.sum(means ** 2 * precisions_cholesky ** 2, axis=1)))
 
     def score(self, z: np.ndarray) -> np.ndarray:
-        weighted = self.constants - 0.5 * ((z ** 2) @ self.precisions) + z @ self.means_precisions
+        weighted = self.constants - 0.5 * ((z ** 2) @ self.precisions.T) + z @ self.means_precisions.T
         return -log_sum_exp(weighted)
 
 
@@ -107,11 +109,11 @@ class OneClassSvmScorer:
         self.dual_coef = arrays.real("dual_coef", (m,))
         self.intercept = float(arrays.real("intercept", ()))
         self.gamma = float(arrays.real("gamma", (), positive=True))
-        self.support_vectors_t = support_vectors.T.copy()
+        self.support_vectors = support_vectors
         self.support_norms = np.sum(support_vectors ** 2, axis=1)
 
     def score(self, z: np.ndarray) -> np.ndarray:
-        squared = np.sum(z ** 2, axis=1)[:, np.newaxis] + self.support_norms - 2.0 * (z @ self.support_vectors_t)
+        squared = np.sum(z ** 2, axis=1)[:, np.newaxis] + self.support_norms - 2.0 * (z @ self.support_vectors.T)
         return -(np.exp(-self.gamma * squared) @ self.dual_coef + self.intercept)
 
 
@@ -125,13 +127,13 @@ class KernelDensityScorer:
         if len(points) == 0:
             raise arrays.fail("array 'points' is empty")
         bandwidth = float(arrays.real("bandwidth", (), positive=True))
-        self.points_t = points.T.copy()
+        self.points = points
         self.point_norms = np.sum(points ** 2, axis=1)
         self.inverse_two_h2 = 0.5 / bandwidth ** 2
         self.log_normaliser = np.log(len(points)) + 0.5 * dim * LOG_2PI + dim * np.log(bandwidth)
 
     def score(self, z: np.ndarray) -> np.ndarray:
-        squared = np.sum(z ** 2, axis=1)[:, np.newaxis] + self.point_norms - 2.0 * (z @ self.points_t)
+        squared = np.sum(z ** 2, axis=1)[:, np.newaxis] + self.point_norms - 2.0 * (z @ self.points.T)
         return -(log_sum_exp(-self.inverse_two_h2 * squared) - self.log_normaliser)
 
 
