@@ -38,6 +38,8 @@ BACKOFF_SYSTEMD = 254
 BACKOFF_KEYS = ("RestartSteps", "RestartMaxDelaySec")
 # ProtectHome=yes hides these from the service, so the program must not live under them.
 HIDDEN_FROM_SERVICE = ("/home", "/root", "/run/user")
+HIDDEN_HINT = (f"(ProtectHome=yes hides {', '.join(HIDDEN_FROM_SERVICE)}); "
+               "make the venv from the system Python in /opt: sudo python3 -m venv /opt/humwatch")
 _INSTANCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -110,14 +112,25 @@ def find_executable() -> pathlib.Path:
 
 
 def service_executable(path: pathlib.Path) -> pathlib.Path:
-    """The real path of the program the unit runs, refused when the service could not reach it."""
+    """The real path of the program the unit runs, refused when the service could not reach it or the Python
+    interpreter its #! line names (a venv made from a Python under /home is as unreachable as one in /home)."""
     real = pathlib.Path(os.path.realpath(path))
-    if any(pathlib.Path(hidden) in real.parents for hidden in HIDDEN_FROM_SERVICE):
-        raise ConfigError(f"humwatch program {real}: the service cannot see it (ProtectHome=yes hides "
-                          f"{', '.join(HIDDEN_FROM_SERVICE)}); install humwatch into a venv such as /opt/humwatch")
+    if _hidden(real):
+        raise ConfigError(f"humwatch program {real}: hidden from the service {HIDDEN_HINT}")
     if not (real.is_file() and os.access(real, os.X_OK)):
         raise ConfigError(f"humwatch program {path}: not an executable file")
+    with open(real, "rb") as program:
+        first = program.readline(4096)
+    if first.startswith(b"#!") and first[2:].split():
+        interpreter = pathlib.Path(os.path.realpath(os.fsdecode(first[2:].split()[0])))
+        if _hidden(interpreter):
+            raise ConfigError(f"humwatch program {real}: its Python {interpreter} is hidden from the service "
+                              f"{HIDDEN_HINT}")
     return real
+
+
+def _hidden(path: pathlib.Path) -> bool:
+    return any(pathlib.Path(hidden) in path.parents for hidden in HIDDEN_FROM_SERVICE)
 
 
 def render_unit(template: str, executable: pathlib.Path, version: int | None) -> str:

@@ -126,11 +126,18 @@ def test_uninstall_keeps_the_shared_unit_while_used_and_data_unless_purged(tmp_p
     assert not (root / "etc/humwatch").exists() and not (root / "var/lib/humwatch").exists()
 
 
-def test_a_program_under_home_is_refused(tmp_path):
+def test_a_program_or_its_python_under_home_is_refused(tmp_path, program):
     link = tmp_path / "humwatch"
     link.symlink_to("/home/pi/venv/bin/humwatch")
     with pytest.raises(ConfigError, match="ProtectHome=yes hides"):
         service_executable(link)
+    python = tmp_path / "python3"
+    python.symlink_to("/home/pi/.pyenv/bin/python3")  # a venv's bin/python3 links to the Python it was made from
+    program.write_text(f"#!{python}\nimport sys\n")
+    with pytest.raises(ConfigError, match=r"its Python /home/pi/\.pyenv/bin/python3 is hidden from the service"):
+        service_executable(program)
+    program.write_text("#!/usr/bin/python3\nimport sys\n")
+    assert service_executable(program) == program.resolve()
 
 
 def test_bad_instance_name_is_refused(program, capsys):
