@@ -119,6 +119,9 @@ def service_executable(path: pathlib.Path) -> pathlib.Path:
         raise ConfigError(f"humwatch program {real}: hidden from the service {HIDDEN_HINT}")
     if not (real.is_file() and os.access(real, os.X_OK)):
         raise ConfigError(f"humwatch program {path}: not an executable file")
+    if re.search(r"[\s%]", str(real)):
+        raise ConfigError(f"humwatch program {real}: a space or '%' in the path would need quoting in the unit; "
+                          "install it in /opt/humwatch")
     with open(real, "rb") as program:
         first = program.readline(4096)
     if first.startswith(b"#!") and first[2:].split():

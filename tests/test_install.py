@@ -138,6 +138,11 @@ def test_a_program_or_its_python_under_home_is_refused(tmp_path, program):
         service_executable(program)
     program.write_text("#!/usr/bin/python3\nimport sys\n")
     assert service_executable(program) == program.resolve()
+    spaced = tmp_path / "my venv" / "humwatch"
+    spaced.parent.mkdir()
+    shutil.copy(program, spaced)
+    with pytest.raises(ConfigError, match="a space or '%' in the path"):
+        service_executable(spaced)
 
 
 def test_bad_instance_name_is_refused(program, capsys):
