@@ -173,13 +173,16 @@ class IsolationForestScorer:
 
         depth = np.zeros(n_nodes, dtype=np.int64)
         parents = node[~leaf]
-        for _ in range(n_nodes):  # one pass per level; children have higher indices, so this ends
+        deepest = int(np.ceil(np.log2(max(max_samples, 2))))  # scikit-learn grows isolation trees no deeper
+        for _ in range(deepest + 2):  # one pass per level
             deeper = depth.copy()
             deeper[left[parents]] = depth[parents] + 1
             deeper[right[parents]] = depth[parents] + 1
             if np.array_equal(deeper, depth):
                 break
             depth = deeper
+        if depth.max() > deepest:
+            raise arrays.fail(f"trees deeper than {deepest} levels, more than max_samples={max_samples} allows")
         self.steps = int(depth.max())
         self.roots = offsets[:-1]
         # Leaves point to themselves, so walking `steps` times from the roots lands every sample on its leaf.

@@ -289,6 +289,12 @@ def test_iforest_with_cyclic_children_is_refused(saved):
     assert_refused(path, "trees")
 
 
+def test_iforest_deeper_than_its_max_samples_is_refused(saved):
+    path = saved("iforest")
+    rewrite(path, lambda arrays: arrays.update(max_samples=np.array(2)))
+    assert_refused(path, "deeper than 1 levels")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_truncated_file_is_refused(kind, saved):
     path = saved(kind)
