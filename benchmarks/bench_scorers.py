@@ -86,7 +86,7 @@ def inference_seconds(model: pathlib.Path, batch: PatchBatch, repeat: int):
     return median_seconds(interpreter.invoke, repeat), None
 
 
-def describe(detector, path: pathlib.Path) -> str:
+def describe(path: pathlib.Path) -> str:
     with np.load(path, allow_pickle=False) as npz:
         if "support_vectors" in npz.files:
             return f"{len(npz['support_vectors'])} support vectors"
@@ -131,7 +131,7 @@ def main() -> int:
             detector = load_detector(path)
             one = median_seconds(lambda: detector.score(train[:1]), args.repeat)
             window = median_seconds(lambda: detector.score(train[:WINDOW_PATCHES]), args.repeat) / WINDOW_PATCHES
-            rows.append((kind, dim, source, describe(detector, path), fit_seconds, one, window,
+            rows.append((kind, dim, source, describe(path), fit_seconds, one, window,
                          path.stat().st_size))
 
     print("\n| detector | features | model | fit s | score ms/patch (1) | ms/patch (batch 18) | .npz KiB |"
