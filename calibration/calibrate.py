@@ -23,7 +23,7 @@ from agent.errors import AudioError
 from agent.extractor import Extractor
 from agent.frontend import clip_patches
 from agent.mel import mel_db
-from agent.scorers import load_detector, window_mean
+from agent.scorers import Detector, load_detector, window_mean
 from agent.spec import PATCH_SECONDS, SAMPLE_RATE, WINDOW_PATCHES, FrontEndParams
 from calibration.collect import Block, survey
 from calibration.detectors import fit_detector
@@ -124,10 +124,12 @@ def calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os.
         with clock("threshold"):
             fitted.save(detector_path)
             scorer = load_detector(detector_path, extractor_sha256=extractor.sha256)  # the board's own scorer
-            result = _threshold_on_heldout([scorer.score(f) for f in features], held, false_alarms_per_day)
+            result = _threshold_on_heldout([scorer.score(f) for f in features], held, false_alarms_per_day,
+                                           _score_ceiling(scorer))
         result.update(machine=machine, detector=detector, model_path=Path(model_path),
                       extractor_sha256=extractor.sha256, seconds=checked.seconds,
-                      sources=len({b.source for b in blocks}), warnings=checked.warnings,
+                      sources=len({b.source for b in blocks}),
+                      warnings=checked.warnings + _threshold_warnings(result["threshold"], detector),
                       stage_seconds=clock.seconds)
         calibration = Calibration(**result)
         with clock("report"):
@@ -144,7 +146,8 @@ def calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os.
     return calibration
 
 
-def _threshold_on_heldout(patch_scores: list[np.ndarray], held: np.ndarray, false_alarms_per_day: float) -> dict:
+def _threshold_on_heldout(patch_scores: list[np.ndarray], held: np.ndarray, false_alarms_per_day: float,
+                          ceiling: float | None) -> dict:
     """Standardise patch scores by the held-out ones, mean-pool them into windows within each block (as the agent
     does on a stream), and choose the threshold from the held-out windows."""
     held_patch = np.concatenate([s for s, h in zip(patch_scores, held) if h])
@@ -153,12 +156,32 @@ def _threshold_on_heldout(patch_scores: list[np.ndarray], held: np.ndarray, fals
     windows = {part: np.concatenate([window_mean((s - mean) / std) for s, h in zip(patch_scores, held) if h == part]
                                     or [np.empty(0)]) for part in (True, False)}
     independent = sum(len(s) // WINDOW_PATCHES for s, h in zip(patch_scores, held) if h)
-    threshold = choose_threshold(windows[True], independent, false_alarms_per_day)
+    threshold = choose_threshold(windows[True], independent, false_alarms_per_day,
+                                 None if ceiling is None else (ceiling - mean) / std)
     log.info("threshold %.4g (clear %.4g) by %s for %.4g false alarms per day", threshold.high, threshold.low,
              threshold.governed_by, false_alarms_per_day)
     return {"threshold": threshold, "heldout_window_scores": windows[True], "fit_window_scores": windows[False],
             "score_mean": mean, "score_std": std, "heldout_patches": len(held_patch),
             "fit_patches": int(sum(len(s) for s, h in zip(patch_scores, held) if not h))}
+
+
+def _threshold_warnings(threshold: Threshold, detector: str) -> list[str]:
+    if threshold.governed_by != "ceiling":
+        return []
+    message = (f"the {detector} detector's scores saturate below the threshold that {threshold.target_false_alarms_per_day:.3g}"
+               f" false alarms per day would need; the threshold is set halfway between the held-out maximum and "
+               "the saturation. Its false-alarm rate cannot be predicted (a Gaussian tail, blind to the saturation, "
+               f"says {threshold.expected_false_alarms_per_day:.2g} per day); the gmm detector does not saturate")
+    log.warning("%s", message)
+    return [message]
+
+
+def _score_ceiling(detector: Detector) -> float | None:
+    """The largest patch score a detector can give, or None if unbounded: an RBF OC-SVM scores
+    -(sum_i dual_i k(z, sv_i) + intercept) with dual_i >= 0 and 0 < k <= 1, so at most -intercept."""
+    if detector.kind == "ocsvm" and np.all(detector.scorer.dual_coef >= 0):
+        return -detector.scorer.intercept
+    return None
 
 
 def _filler(detector_path: Path, reports: list[Path]):

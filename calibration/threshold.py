@@ -14,7 +14,9 @@ Method (documented in the README, section calibrate):
    - otherwise a Gaussian fit of the window scores (each is a mean of `WINDOW_PATCHES` patch scores, so it is
      close to normal), threshold = mean + z_p · std.
 3. The threshold is never below the largest held-out window score (a normal window seen in calibration must not
-   alarm); `governed_by` says which rule set the final value.
+   alarm); `governed_by` says which rule set the final value. A detector whose scores saturate (OC-SVM) gets its
+   threshold halfway between the held-out maximum and the saturation value when the tail model asks for more
+   than the detector can give; the expected rate is then above the target, and calibration warns.
 4. The hysteresis lower threshold (where an alarm clears) is the held-out 99th percentile, kept below the midpoint
    between the held-out median and the upper threshold so that clearing always needs a clearly lower score.
 """
@@ -67,7 +69,7 @@ class Threshold:
     exceedance_probability: float
     decisions_per_day: float
     method: str  # "gpd" or "gaussian": the tail model
-    governed_by: str  # "gpd", "gaussian" or "heldout-max"
+    governed_by: str  # "gpd", "gaussian", "heldout-max" or "ceiling"
     heldout_windows: int  # independent (non-overlapping) held-out windows
     heldout_scores: int  # window scores used (rolling windows within held-out blocks)
     tail: dict  # the fitted tail model's parameters
@@ -77,11 +79,14 @@ class Threshold:
 
 
 def choose_threshold(window_scores: np.ndarray, independent_windows: int,
-                     false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY) -> Threshold:
+                     false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY,
+                     ceiling: float | None = None) -> Threshold:
     """Thresholds for `false_alarms_per_day` from held-out normal window scores.
 
     `window_scores` may be rolling windows (correlated neighbours); `independent_windows` is how many
-    non-overlapping windows they span, which decides whether the sample supports a tail fit.
+    non-overlapping windows they span, which decides whether the sample supports a tail fit. `ceiling` is the
+    largest score the detector can give, if it has one (an OC-SVM saturates far from its support vectors): a
+    threshold at or above it could never fire, so it is then set halfway between the held-out maximum and it.
     """
     scores = np.asarray(window_scores, dtype=np.float64).ravel()
     if scores.size < 2 or not np.all(np.isfinite(scores)):
@@ -98,6 +103,8 @@ def choose_threshold(window_scores: np.ndarray, independent_windows: int,
     floor = float(scores.max())
     high = max(estimate, floor)
     governed_by = tail.name if estimate >= floor else "heldout-max"
+    if ceiling is not None and high >= ceiling:
+        high, governed_by = (floor + max(ceiling, floor)) / 2.0, "ceiling"
     median = float(np.median(scores))
     low = min(float(np.quantile(scores, LOW_QUANTILE)), (median + high) / 2.0)
     return Threshold(high=float(high), low=float(low), target_false_alarms_per_day=float(false_alarms_per_day),

@@ -1,0 +1,292 @@
+"""Calibration on real machine sound: the bundle the agent loads, thresholds that separate faults from normal sound,
+atomic bundle replacement and rollback, and clear refusals of unusable audio."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.audio import read_wav
+from agent.bundle import Bundle
+from agent.cli import main as humwatch
+from agent.errors import AudioError
+from agent.pipeline import Pipeline
+from agent.spec import SAMPLE_RATE
+from calibration.calibrate import calibrate
+from calibration.collect import Block, meter_line, split_blocks, survey, wav_blocks
+from calibration.faults import Fault, inject
+from calibration.report import PNG_NAME, TEXT_NAME
+from calibration.threshold import choose_threshold, decisions_per_day, heldout_mask
+
+CALIBRATION_CLIPS = 40  # of the 75 normal clips; the rest are normal sound the calibration never heard
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dcase(shared_dir) -> Path:
+    return shared_dir / "audio" / "dcase2020-id00"
+
+
+@pytest.fixture(scope="module")
+def normal_paths(dcase) -> list[Path]:
+    return sorted((dcase / "train").glob("normal_id_00_*.wav"))
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory, normal_paths, squeezenet_int8):
+    """A bundle calibrated from the first 40 real normal clips."""
+    out = tmp_path_factory.mktemp("calibrated") / "bundle"
+    result = calibrate(wav_blocks(normal_paths[:CALIBRATION_CLIPS]), squeezenet_int8, out, machine="fan1")
+    return result, out
+
+
+def window_scores(pipeline: Pipeline, samples: np.ndarray) -> np.ndarray:
+    pipeline.reset()
+    return np.array([s.window_score for s in pipeline.push(samples) if s.window_score is not None])
+
+
+def test_the_agent_loads_the_bundle_and_scores_as_calibration_did(calibrated, normal_paths):
+    result, out = calibrated
+    bundle = Bundle.load(out)
+    assert bundle.machine == "fan1" and bundle.extractor_sha256 == result.extractor_sha256
+    assert (bundle.threshold_high, bundle.threshold_low) == (result.threshold.high, result.threshold.low)
+    assert bundle.threshold_low < bundle.threshold_high
+    manifest = json.loads((out / "bundle.json").read_text())
+    assert manifest["calibration"]["fit_patches"] == 30 * 18 and manifest["calibration"]["heldout_patches"] == 10 * 18
+    # The 4th, 8th, ... clip is held out; the agent's streaming pipeline gives it the score calibration saw.
+    pipeline = Pipeline(bundle)
+    held = [window_scores(pipeline, read_wav(normal_paths[i]))[-1] for i in range(3, CALIBRATION_CLIPS, 4)]
+    np.testing.assert_allclose(held, result.heldout_window_scores, rtol=1e-6, atol=1e-9)
+
+
+def test_normal_clips_never_heard_stay_mostly_below_the_threshold(calibrated, normal_paths):
+    result, out = calibrated
+    pipeline = Pipeline(Bundle.load(out))
+    scores = np.array([window_scores(pipeline, read_wav(p))[-1] for p in normal_paths[CALIBRATION_CLIPS:]])
+    assert len(scores) == 35
+    assert np.mean(scores > result.threshold.high) <= 0.1
+
+
+def test_the_real_anomalous_clip_scores_above_the_threshold(calibrated, dcase):
+    result, out = calibrated
+    scores = window_scores(Pipeline(Bundle.load(out)), read_wav(dcase / "test" / "anomaly_id_00_00000000.wav"))
+    assert scores.max() > result.threshold.high
+
+
+@pytest.fixture(scope="module")
+def unheard(normal_paths) -> list[np.ndarray]:
+    return [read_wav(p) for p in normal_paths[CALIBRATION_CLIPS:CALIBRATION_CLIPS + 8]]
+
+
+def test_a_whine_in_unheard_normal_clips_scores_above_the_threshold(calibrated, unheard):
+    result, out = calibrated
+    pipeline = Pipeline(Bundle.load(out))
+    t = np.arange(len(unheard[0])) / SAMPLE_RATE
+    for clip in unheard[:4]:
+        clean = window_scores(pipeline, clip)[-1]
+        level = np.sqrt(np.mean(clip.astype(np.float64) ** 2)) * 10 ** (-6 / 20)  # 6 dB under the machine
+        for hz in (2000, 3000, 4000):
+            whine = (clip + level * np.sqrt(2) * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+            assert window_scores(pipeline, whine)[-1] > result.threshold.high > clean
+
+
+def test_library_faults_at_full_strength_are_often_caught_and_clean_clips_never(calibrated, unheard):
+    """calibration.faults at strength 1 (additive faults 12 dB under the machine). The paper's pipeline misses
+    many of them (low tones inside loud bands, broadband noise that per-patch scaling hides); the measured rates
+    are in the README, and choosing the pipeline per machine is the remedy."""
+    result, out = calibrated
+    pipeline = Pipeline(Bundle.load(out))
+    clean = np.array([window_scores(pipeline, c)[-1] for c in unheard])
+    assert np.all(clean < result.threshold.high)
+    caught = {kind: np.mean([window_scores(pipeline, inject(c, Fault(kind, 1.0, seed=i)))[-1] > result.threshold.high
+                             for i, c in enumerate(unheard)]) for kind in ("tone", "impacts", "am")}
+    assert caught["tone"] >= 0.5 and min(caught.values()) >= 0.25, caught
+
+
+def test_the_report_shows_scores_threshold_and_summary(calibrated):
+    result, out = calibrated
+    png = (out / PNG_NAME).read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
+    text = (out / TEXT_NAME).read_text()
+    assert "audio used: 6.7 min from 40 source(s)" in text
+    assert f"alarm threshold: {result.threshold.high:.4g}" in text
+    assert "expected at this threshold" in text and "detector: gmm" in text
+
+
+def test_rollback_restores_the_bundle_the_last_calibration_replaced(tmp_path, calibrated, normal_paths,
+                                                                    squeezenet_int8, capsys):
+    first_dir, link = calibrated[1].resolve(), tmp_path / "bundle"
+    code = humwatch(["calibrate", "--model", str(squeezenet_int8), "--out", str(link), "--machine", "fan1",
+                     *map(str, normal_paths[:28])])
+    assert code == 0
+    first = Bundle.load(link)
+    code = humwatch(["calibrate", "--model", str(squeezenet_int8), "--out", str(link), "--detector", "ocsvm",
+                     "--false-alarms-per-day", "1", "--report-dir", str(tmp_path / "report"),
+                     *map(str, normal_paths[28:56])])
+    assert code == 0
+    second = Bundle.load(link)
+    assert second.detectors[0].kind == "ocsvm" and second.id != first.id
+    assert (tmp_path / "report" / PNG_NAME).exists()
+    assert "alarm threshold" in capsys.readouterr().out
+    assert humwatch(["calibrate", "--rollback", "--out", str(link)]) == 0
+    assert Bundle.load(link).id == first.id and Bundle.load(link).detectors[0].kind == "gmm"
+    assert first_dir.exists()  # other bundles are not touched
+
+
+def test_an_exception_while_writing_leaves_the_previous_bundle_in_use(tmp_path, calibrated, normal_paths,
+                                                                      squeezenet_int8, monkeypatch):
+    link = tmp_path / "bundle"
+    link.symlink_to(calibrated[1].resolve())  # an existing bundle in use
+    before = Bundle.load(link)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("calibration.calibrate.shutil.copyfile", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        calibrate(wav_blocks(normal_paths[:24]), squeezenet_int8, link)
+    assert Bundle.load(link).id == before.id and link.resolve() == before.path
+    versions = tmp_path / "bundle.versions"
+    assert not [p for p in versions.iterdir() if p.name.startswith(".")]  # no half-written version left
+
+
+KILL_MID_WRITE = """
+import os, signal, shutil, sys
+import calibration.calibrate as c
+from calibration.collect import wav_blocks
+real_copy = shutil.copyfile
+def copy_then_die(src, dst, *a, **k):
+    real_copy(src, dst, *a, **k)
+    os.kill(os.getpid(), signal.SIGKILL)  # killed with the new version half written
+c.shutil.copyfile = copy_then_die
+c.calibrate(wav_blocks(sys.argv[3:]), sys.argv[1], sys.argv[2])
+"""
+
+
+def test_a_calibration_killed_mid_write_leaves_the_previous_bundle_in_use(tmp_path, calibrated, normal_paths,
+                                                                          squeezenet_int8):
+    link = tmp_path / "bundle"
+    link.symlink_to(calibrated[1].resolve())
+    before = Bundle.load(link)
+    child = subprocess.run([sys.executable, "-c", KILL_MID_WRITE, str(squeezenet_int8), str(link),
+                            *map(str, normal_paths[:24])], cwd=REPO, capture_output=True, text=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    staged = [p for p in (tmp_path / "bundle.versions").iterdir()]
+    assert staged and all(p.name.endswith(".partial") for p in staged)  # it did die while writing
+    after = Bundle.load(link)
+    assert after.id == before.id and after.threshold_high == before.threshold_high
+    assert link.resolve() == before.path
+
+
+# ---- unusable audio: one clear line naming the file and the reason ----
+
+def write_wav(path: Path, samples: np.ndarray) -> Path:
+    from scipy.io import wavfile
+
+    wavfile.write(path, SAMPLE_RATE, (np.clip(samples, -1, 1) * 32767).astype(np.int16))
+    return path
+
+
+def calibrate_cli(tmp_path, model, sources, capsys) -> tuple[int, str]:
+    code = humwatch(["calibrate", "--model", str(model), "--out", str(tmp_path / "bundle"), *map(str, sources)])
+    return code, capsys.readouterr().err
+
+
+def test_silent_input_is_refused_naming_the_file(tmp_path, normal_paths, squeezenet_int8, capsys):
+    silent = write_wav(tmp_path / "silent.wav", np.zeros(10 * SAMPLE_RATE))
+    code, err = calibrate_cli(tmp_path, squeezenet_int8, [*normal_paths[:30], silent], capsys)
+    assert code == 2 and "silent.wav: silent" in err and "dBFS" in err
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_clipped_input_is_refused_naming_the_file(tmp_path, normal_paths, squeezenet_int8, capsys):
+    loud = write_wav(tmp_path / "loud.wav", read_wav(normal_paths[0]) * 40)
+    code, err = calibrate_cli(tmp_path, squeezenet_int8, [*normal_paths[:30], loud], capsys)
+    assert code == 2 and "loud.wav: clipped" in err and "input gain" in err
+
+
+def test_too_little_audio_is_refused_saying_how_much_is_needed(tmp_path, normal_paths, squeezenet_int8, capsys):
+    code, err = calibrate_cli(tmp_path, squeezenet_int8, normal_paths[:12], capsys)
+    assert code == 2 and "too little calibration audio: 2.0 min" in err and "at least 4 min" in err
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_a_level_jump_halfway_is_refused(normal_paths):
+    blocks = wav_blocks(normal_paths[:24])
+    for block in blocks[12:]:
+        block.samples = block.samples * 4.0  # +12 dB: the machine changed state halfway
+    with pytest.raises(AudioError, match=r"level changes by 12\.0 dB .* not steady enough"):
+        survey(blocks)
+
+
+def test_a_spectral_change_halfway_is_refused_even_at_the_same_level(normal_paths):
+    from scipy.signal import butter, sosfilt
+
+    blocks = wav_blocks(normal_paths[:24])
+    lowpass = butter(8, 1000, fs=SAMPLE_RATE, output="sos")
+    for block in blocks[12:]:
+        muffled = sosfilt(lowpass, block.samples)
+        block.samples = (muffled * np.std(block.samples) / np.std(muffled)).astype(np.float32)
+    with pytest.raises(AudioError, match=r"spectrum changes by .* dB between the first half"):
+        survey(blocks)
+
+
+def test_steady_real_sound_passes_the_checks_without_warnings(normal_paths):
+    found = survey(wav_blocks(normal_paths[:24]))
+    assert found.warnings == [] and found.seconds == 240.0
+
+
+def test_a_long_recording_is_cut_into_blocks_and_named_by_time():
+    blocks = split_blocks("recording", np.zeros(65 * SAMPLE_RATE, np.float32))
+    assert [b.seconds for b in blocks] == [20.0, 20.0, 25.0]
+    assert blocks[2].name == "recording 00:40–01:05"
+    silent = Block("recording", 40.0, np.zeros(SAMPLE_RATE, np.float32))
+    with pytest.raises(AudioError, match="recording 00:40–00:41: silent"):
+        survey([silent])
+
+
+def test_the_level_meter_line():
+    assert meter_line(83, 300, -23.4) == "recording 01:23 / 05:00  level -23 dBFS ▮▮▮▮▮▯▯▯"
+    assert meter_line(0, 60, -200) == "recording 00:00 / 01:00  level -99 dBFS ▯▯▯▯▯▯▯▯"
+
+
+# ---- the threshold method ----
+
+def test_threshold_extrapolates_a_gaussian_tail_to_the_stated_rate():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(2.0, 0.5, 20)
+    weekly = choose_threshold(scores, 20, 1 / 7)
+    daily = choose_threshold(scores, 20, 1.0)
+    assert weekly.method == "gaussian" and decisions_per_day() == pytest.approx(86400 / (18 * 0.512))
+    from scipy import stats
+    z = stats.norm.isf(1 / 7 / decisions_per_day())
+    assert weekly.high == pytest.approx(scores.mean() + z * scores.std(ddof=1))
+    assert weekly.high > daily.high > scores.max()
+    assert weekly.expected_false_alarms_per_day == pytest.approx(1 / 7)
+    assert scores.mean() < weekly.low < weekly.high
+
+
+def test_threshold_fits_a_generalized_pareto_tail_when_the_sample_is_large():
+    rng = np.random.default_rng(0)
+    scores = rng.exponential(1.0, 20_000)  # exponential tail: exceeded with probability p at -ln(p)
+    chosen = choose_threshold(scores, 20_000, 1 / 7)
+    assert chosen.method == chosen.governed_by == "gpd" and abs(chosen.tail["shape"]) < 0.1
+    # extrapolating 15 times beyond the sample's tail: within 10 % (a Gaussian fit would be off by far more)
+    assert chosen.high == pytest.approx(-np.log(1 / 7 / decisions_per_day()), rel=0.1)
+    assert chosen.high > scores.max()
+
+
+def test_threshold_is_never_below_the_largest_held_out_score():
+    scores = np.r_[np.zeros(19), 100.0]
+    chosen = choose_threshold(scores, 20)
+    assert chosen.high == 100.0 and chosen.governed_by == "heldout-max"
+    assert chosen.expected_false_alarms_per_day < 1 / 7
+
+
+def test_heldout_blocks_are_every_fourth_block_that_holds_a_window():
+    mask = heldout_mask([18, 18, 5, 18, 18, 18, 38, 18, 18, 18])
+    assert np.flatnonzero(mask).tolist() == [4, 8]
