@@ -12,6 +12,8 @@ from agent.mel import frame_count, mel_db_frames
 from agent.spec import HOP_LENGTH, IMAGE_SHAPE, N_FFT, N_MELS, PATCH_FRAMES, PATCH_HOP_FRAMES, FrontEndParams
 from agent.viridis import VIRIDIS_RGB, colour_indices
 
+BLOCK_HOP = PATCH_HOP_FRAMES * HOP_LENGTH  # samples between the starts of two frame blocks
+
 
 @dataclass
 class PatchBatch:
@@ -59,23 +61,29 @@ class FrontEnd:
 
     def reset(self) -> None:
         # Left padding of N_FFT/2 zeros centres frame j on stream sample j·HOP, as librosa's center=True does.
-        self._samples = np.zeros(N_FFT // 2)
+        self._samples = np.zeros(N_FFT // 2, np.float32)
+        self._pending: list[np.ndarray] = []  # chunks not yet framed: framing waits until a patch can complete
+        self._pending_count = 0
         self._frames = np.empty((0, N_MELS), np.float32)
-        self._consumed = 0  # stream samples pushed so far
         self._patches_out = 0
 
     def push(self, samples: np.ndarray) -> PatchBatch:
-        samples = np.asarray(samples, dtype=np.float64).reshape(-1)
-        self._consumed += len(samples)
-        self._samples = np.concatenate([self._samples, samples])
-        n_frames = frame_count(len(self._samples))
-        if n_frames:
-            new_frames = mel_db_frames(self._samples[: (n_frames - 1) * HOP_LENGTH + N_FFT]).astype(np.float32)
-            self._samples = self._samples[n_frames * HOP_LENGTH:]
-            self._frames = np.concatenate([self._frames, new_frames])
-        n_patches = 0 if len(self._frames) < PATCH_FRAMES else (len(self._frames) - PATCH_FRAMES) // PATCH_HOP_FRAMES + 1
-        if n_patches == 0:
+        chunk = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self._pending.append(chunk)
+        self._pending_count += len(chunk)
+        available = len(self._frames) + frame_count(len(self._samples) + self._pending_count)
+        if available < PATCH_FRAMES:
             return PatchBatch()
+        self._samples = np.concatenate([self._samples, *self._pending])
+        self._pending, self._pending_count = [], 0
+        # Frames are computed in fixed blocks of one patch hop: float32 FFT and matrix products round differently
+        # with the batch size, and fixed blocks make a stream in any chunk size bit-identical to the offline path.
+        blocks = frame_count(len(self._samples)) // PATCH_HOP_FRAMES
+        block_span = (PATCH_HOP_FRAMES - 1) * HOP_LENGTH + N_FFT
+        new_frames = [mel_db_frames(self._samples[b * BLOCK_HOP: b * BLOCK_HOP + block_span]) for b in range(blocks)]
+        self._samples = self._samples[blocks * BLOCK_HOP:]
+        self._frames = np.concatenate([self._frames, *new_frames])
+        n_patches = (len(self._frames) - PATCH_FRAMES) // PATCH_HOP_FRAMES + 1
         starts = np.arange(n_patches) * PATCH_HOP_FRAMES
         db = np.stack([self._frames[s: s + PATCH_FRAMES].T for s in starts])
         self._frames = self._frames[n_patches * PATCH_HOP_FRAMES:]
