@@ -94,7 +94,8 @@ class Outbox:
         with self._lock:
             self._db.execute("DELETE FROM alarms WHERE seq = ?", (seq,))
 
-    def __len__(self) -> int:
+    def count(self) -> int:
+        """How many alarms wait for their acknowledgement."""
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM alarms").fetchone()[0]
 

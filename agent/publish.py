@@ -308,9 +308,13 @@ class MqttPublisher:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the broker connection; True once connected."""
+        return self._connected.wait(timeout)
+
     def pending_alarms(self) -> int:
         """Alarms written but not yet acknowledged by the broker."""
-        return len(self._outbox)
+        return self._outbox.count()
 
     def start(self) -> None:
         """Connect in the background; until the broker answers, alarms wait in the outbox."""

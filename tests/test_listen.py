@@ -26,11 +26,6 @@ def listen(broker, *options: str) -> subprocess.Popen:
     return process
 
 
-def wait_connected(publisher: MqttPublisher) -> None:
-    if not publisher._connected.wait(15):
-        pytest.fail("the publisher did not connect")
-
-
 @pytest.fixture
 def publisher(mosquitto, tmp_path):
     made = []
@@ -46,10 +41,11 @@ def publisher(mosquitto, tmp_path):
         p.stop(timeout=1)
 
 
-def test_listen_prints_state_and_alarms_of_one_machine(mosquitto, publisher):
+def test_listen_prints_state_and_alarms_of_one_machine(mosquitto, publisher, subscribe):
+    retained = subscribe(["humwatch/+/state"])
     pump = publisher("pump-1")
     pump.publish_state("normal")
-    wait_connected(pump)
+    retained.wait_on("humwatch/pump-1/state")  # status and state are on the broker
     process = listen(mosquitto, "--machine", "pump-1", "--count", "4")  # 2 retained, then 2 live
     pump.publish_alarm({"id": "a1", "kind": "anomaly", "event": "raised", "window_score": 3.14159,
                         "threshold": 2.5, "reason": "window score above threshold"})
@@ -65,12 +61,12 @@ def test_listen_prints_state_and_alarms_of_one_machine(mosquitto, publisher):
         "pump-1 state anomaly (score 3.14 above 2.5)"]
 
 
-def test_listen_json_lines_cover_every_machine(mosquitto, publisher):
+def test_listen_json_lines_cover_every_machine(mosquitto, publisher, subscribe):
+    retained = subscribe(["humwatch/+/state"])
     first, second = publisher("pump-1"), publisher("fan-2")
     first.publish_state("normal")
     second.publish_state("sensor_fault", "silence")
-    wait_connected(first)
-    wait_connected(second)
+    retained.wait_for(lambda msgs: len(msgs) == 2)  # both statuses and states are on the broker
     process = listen(mosquitto, "--json", "--count", "4")  # two retained statuses and two retained states
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err

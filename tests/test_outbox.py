@@ -22,7 +22,7 @@ def test_entries_come_back_in_insertion_order_until_removed(tmp_path):
     assert [e.alarm_id for e in pending] == ["id-0", "id-2", "id-3", "id-4"]
     assert pending[0].topic == "humwatch/m/alarm" and pending[0].payload == b'{"n":0}'
     assert [e.alarm_id for e in outbox.after(seqs[2], limit=1)] == ["id-3"]
-    assert len(outbox) == 4
+    assert outbox.count() == 4
 
 
 def test_adding_a_known_id_again_changes_nothing(tmp_path):

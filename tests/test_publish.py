@@ -32,7 +32,7 @@ outbox, port, count, wait_connected = sys.argv[1], int(sys.argv[2]), int(sys.arg
 publisher = MqttPublisher(MqttSettings(host="127.0.0.1", port=port, discovery=False, reconnect_min_s=0.2,
                                        reconnect_max_s=1), Outbox(outbox), "pump-1")
 publisher.start()
-if wait_connected and not publisher._connected.wait(20):
+if wait_connected and not publisher.wait_connected(20):
     sys.exit("the publisher did not connect")
 for i in range(count):
     publisher.publish_alarm({"id": f"alarm-{i}", "kind": "anomaly", "event": "raised"})
@@ -59,8 +59,9 @@ def publishers(tmp_path):
     made = []
 
     def make(settings: MqttSettings, outbox: Outbox | None = None, **kwargs) -> MqttPublisher:
-        publisher = MqttPublisher(settings, outbox or Outbox(tmp_path / f"outbox{len(made)}.sqlite"), MACHINE,
-                                  **kwargs)
+        if outbox is None:
+            outbox = Outbox(tmp_path / f"outbox{len(made)}.sqlite")
+        publisher = MqttPublisher(settings, outbox, MACHINE, **kwargs)
         publisher.start()
         made.append(publisher)
         return publisher
@@ -73,6 +74,12 @@ def publishers(tmp_path):
 def unique_ids(messages) -> list[str]:
     """Alarm ids in order of first arrival: what a subscriber de-duplicating by id sees."""
     return list(dict.fromkeys(m.json()["id"] for m in messages))
+
+
+def publish_packet_size(topic: str, payload: bytes) -> int:
+    """Bytes of an MQTT 3.1.1 QoS 1 PUBLISH: fixed header, topic, message id, payload."""
+    remaining = 2 + len(topic.encode()) + 2 + len(payload)
+    return 1 + (1 if remaining < 128 else 2 if remaining < 16384 else 3) + remaining
 
 
 def broker_received(broker: Mosquitto, client_id: str, topic: str) -> list[str]:
@@ -131,14 +138,17 @@ def test_alarms_raised_while_the_broker_is_down_arrive_once_each_in_order(mosqui
     assert broker_received(mosquitto, publisher.client_id, ALARM) == ["d0, q1"] * 7
 
 
-def test_alarms_lost_in_flight_on_a_dead_network_are_resent_in_order(mosquitto, link, subscribe, publishers):
-    subscriber = subscribe([ALARM])
-    publisher = publishers(MqttSettings(host=link.host, port=link.port, reconnect_min_s=0.2, reconnect_max_s=1.0))
-    wait_until(lambda: publisher.connected, what="the connection")
+def test_alarms_lost_in_flight_on_a_dead_network_are_resent_in_order(mosquitto, link, subscribe, publishers,
+                                                                    tmp_path):
+    subscriber = subscribe([ALARM, STATUS])
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    publisher = publishers(MqttSettings(host=link.host, port=link.port, reconnect_min_s=0.2, reconnect_max_s=1.0,
+                                        discovery=False), outbox)
+    subscriber.wait_on(STATUS)  # connected, and the connect-time messages are through
     link.blackhole()  # the network silently loses what the agent sends: these alarms are in flight, unacknowledged
     in_flight = [publisher.publish_alarm({"kind": "anomaly", "n": i}) for i in range(5)]
-    size = sum(len(e.payload) for e in publisher._outbox.pending())
-    wait_until(lambda: link.dropped_bytes >= size, what="the alarms being sent into the black hole")
+    size = sum(publish_packet_size(e.topic, e.payload) for e in outbox.pending())
+    wait_until(lambda: link.dropped_bytes >= size, what="all five alarms being sent into the black hole")
     link.cut()
     wait_until(lambda: not publisher.connected, what="the publisher noticing the cut")
     later = [publisher.publish_alarm({"kind": "anomaly", "n": i}) for i in range(5, 8)]
@@ -169,13 +179,14 @@ def test_an_alarm_left_by_a_sigkilled_agent_is_delivered_after_restart(mosquitto
 
 
 def test_status_is_retained_online_then_offline_after_stop(mosquitto, subscribe, publishers):
+    watcher = subscribe([STATUS])
     publisher = publishers(settings_for(mosquitto))
-    wait_until(lambda: publisher.connected, what="the connection")
+    assert [m.text for m in watcher.wait_on(STATUS)] == ["online"]
     late = subscribe([STATUS])  # joins after the fact: gets the retained value
     [online] = late.wait_on(STATUS)
     assert (online.text, online.retain) == ("online", True)
     publisher.stop()
-    assert late.wait_on(STATUS, 2)[-1].text == "offline"
+    assert [m.text for m in watcher.wait_on(STATUS, 2)] == ["online", "offline"]
     [after] = subscribe([STATUS]).wait_on(STATUS)
     assert (after.text, after.retain) == ("offline", True)
 
@@ -196,10 +207,11 @@ def test_the_last_will_marks_a_killed_agent_offline(mosquitto, subscribe, tmp_pa
 
 
 def test_state_is_retained_and_score_is_sent(mosquitto, subscribe, publishers):
+    watcher = subscribe([STATE])
     publisher = publishers(settings_for(mosquitto))
     publisher.publish_state("anomaly", "window score 3.3 above 2.5")  # before connecting: sent on connect
-    wait_until(lambda: publisher.connected, what="the connection")
-    [state] = subscribe([STATE]).wait_on(STATE)
+    watcher.wait_on(STATE)
+    [state] = subscribe([STATE]).wait_on(STATE)  # a late subscriber gets the retained state
     assert state.retain and state.json()["state"] == "anomaly"
     assert state.json()["detail"] == "window score 3.3 above 2.5"
     live = subscribe([SCORE])
@@ -260,7 +272,7 @@ def test_discovery_can_be_switched_off(mosquitto, subscribe, publishers):
 
 def test_tls_with_a_generated_ca_delivers_alarms(mosquitto_tls, tls_files, publishers):
     publisher = publishers(settings_for(mosquitto_tls, ca_file=str(tls_files.ca)))
-    wait_until(lambda: publisher.connected, what="the TLS connection")
+    assert publisher.wait_connected(15), "no TLS connection"
     publisher.publish_alarm({"kind": "anomaly"})
     wait_until(lambda: publisher.pending_alarms() == 0, what="the PUBACK over TLS")
     assert publisher.settings.resolved_port == mosquitto_tls.port and publisher.settings.tls
