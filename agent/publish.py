@@ -118,7 +118,8 @@ class MqttSettings:
         try:
             context = ssl.create_default_context(cafile=self.ca_file)
         except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"{self._label('ca_file')}: not a PEM CA certificate file {self.ca_file} ({exc})") from None
+            raise ConfigError(f"{self._label('ca_file')}: not a PEM CA certificate file {self.ca_file} ({exc})") \
+                from None
         if self.certfile:
             try:
                 context.load_cert_chain(self.certfile, self.keyfile)

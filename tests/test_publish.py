@@ -17,7 +17,7 @@ import pytest
 from agent.errors import ConfigError
 from agent.outbox import Outbox
 from agent.publish import MqttPublisher, MqttSettings
-from tests.plugins.broker import Mosquitto, Subscriber, make_tls_files
+from tests.plugins.broker import Mosquitto, make_tls_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MACHINE = "pump-1"
