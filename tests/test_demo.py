@@ -1,0 +1,34 @@
+"""`humwatch demo` end to end: the smoke test of the whole product (synth → calibrate → agent → MQTT → subscriber)."""
+import json
+import re
+import shutil
+
+import pytest
+
+from agent.cli import main
+
+
+def test_demo_runs_to_the_alarm(squeezenet_int8, tmp_path, capsys):
+    code = main(["demo", "--model", str(squeezenet_int8), "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    alarm_lines = [line for line in out.splitlines() if line.strip().startswith('{"kind"')]
+    alarm = json.loads(alarm_lines[0])
+    assert alarm["kind"] == "anomaly" and alarm["event"] == "raised" and alarm["machine"] == "demo-pump"
+    assert alarm["window_score"] > alarm["threshold"] and len(alarm["id"]) >= 16
+    delay = float(re.search(r"alarm after (-?[\d.]+) s of faulty sound", out).group(1))
+    assert 0 < delay <= 60
+    assert (tmp_path / "bundle" / "bundle.json").exists() and any((tmp_path / "report").iterdir())
+
+
+def test_demo_without_a_model_says_how_to_get_one(tmp_path, capsys):
+    assert main(["demo", "--model", str(tmp_path / "none.tflite")]) == 2
+    assert "humwatch convert --arch squeezenet1_1" in capsys.readouterr().err
+
+
+def test_demo_without_mosquitto_says_what_is_missing(squeezenet_int8, tmp_path, capsys, monkeypatch):
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "mosquitto" else real_which(name))
+    monkeypatch.setattr("calibration.demo.CALIBRATION_CLIPS", 24)
+    assert main(["demo", "--model", str(squeezenet_int8), "--workdir", str(tmp_path)]) == 2
+    assert "mosquitto is not installed" in capsys.readouterr().err
