@@ -6,12 +6,12 @@ model against Keras, the int8 model's features against float on held-out Mel pat
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 import hashlib
 import logging
 import os
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
