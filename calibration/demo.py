@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     if not model.exists():
         raise HumwatchError(f"{model}: no feature extractor; convert one first with "
                             "`humwatch convert --arch squeezenet1_1` (scripts/setup does this)")
+    if args.broker is None and shutil.which("mosquitto") is None:  # before minutes of calibration, not after
+        raise HumwatchError("mosquitto is not installed: `sudo apt-get install mosquitto` "
+                            "(or point the demo at a broker with --broker HOST:PORT)")
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
         return _demo(model, args.workdir, args.broker, args.realtime)
@@ -168,9 +171,6 @@ def _broker(address: str | None, workdir: pathlib.Path) -> Iterator[tuple[str, i
             raise HumwatchError(f"--broker {address!r}: expected HOST:PORT")
         yield host, int(port)
         return
-    if shutil.which("mosquitto") is None:
-        raise HumwatchError("mosquitto is not installed: `sudo apt-get install mosquitto` "
-                            "(or point the demo at a broker with --broker HOST:PORT)")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -29,6 +29,5 @@ def test_demo_without_a_model_says_how_to_get_one(tmp_path, capsys):
 def test_demo_without_mosquitto_says_what_is_missing(squeezenet_int8, tmp_path, capsys, monkeypatch):
     real_which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name: None if name == "mosquitto" else real_which(name))
-    monkeypatch.setattr("calibration.demo.CALIBRATION_CLIPS", 24)
     assert main(["demo", "--model", str(squeezenet_int8), "--workdir", str(tmp_path)]) == 2
     assert "mosquitto is not installed" in capsys.readouterr().err
