@@ -1,0 +1,133 @@
+"""The candidate pipelines a calibration chooses among, and how each of their detectors is fitted and scored.
+
+A candidate is one or more detectors ("parts") plus a fusion rule, exactly what a bundle holds (see
+`agent.bundle.DetectorEntry` and `agent.pipeline.PatchScorer`). Parts are shared between candidates (the fusion
+candidates reuse the CNN and log-Mel parts), so each part is fitted and scored once per calibration.
+
+- paper:       SqueezeNet features, GMM with 80 diagonal components (Müller et al. 2020), reproducible preset.
+- cnn-pca-gmm: the same features standardised, PCA-whitened to 64 dimensions, then a small diagonal GMM whose
+               component count is chosen by BIC on the fitting features (80 components in 2048 dimensions from a
+               few thousand patches overfit).
+- cnn-ocsvm:   the same features, OC-SVM with the paper's nu = 1e-4 and gamma by scikit-learn's 'scale' rule.
+- logmel-gmm:  no CNN: a diagonal GMM with 16 components on single 64-band log-Mel frames; a patch scores the mean
+               of its frames. Sees level and band-energy changes that per-patch min-max images hide.
+- fusion:      cnn-pca-gmm and logmel-gmm, each standardised by its held-out normal scores, averaged
+               (fusion-max: the larger of the two).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.mixture import GaussianMixture
+
+from agent.frontend import PatchBatch
+from agent.pipeline import frame_features
+from agent.spec import PATCH_FRAMES, PATCH_HOP_FRAMES, logmel_extractor_sha256
+from calibration.detectors import FittedDetector, fit_detector
+
+log = logging.getLogger(__name__)
+
+CNN = "cnn"
+LOGMEL = "logmel-frames"
+# Frames fitted by a frame-level detector at most: ten minutes of audio give ~37,000, a subsample is as good.
+MAX_FIT_FRAMES = 20_000
+
+
+@dataclass(frozen=True)
+class Part:
+    """One detector of a candidate: what it looks at and how it is fitted. `name` is also its bundle file stem."""
+
+    name: str
+    kind: str
+    feature_source: str
+    pca_components: int | None = None
+    pca_whiten: bool = False
+    overrides: tuple[tuple[str, object], ...] = ()
+    bic_components: tuple[int, ...] = ()  # when given, n_components is chosen among these by BIC
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.npz"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    parts: tuple[str, ...]
+    fusion: str = "mean"
+
+    def uses_cnn(self) -> bool:
+        return any(PARTS[p].feature_source == CNN for p in self.parts)
+
+
+PARTS = {p.name: p for p in (
+    Part("cnn-gmm80", "gmm", CNN),
+    Part("cnn-pca-gmm", "gmm", CNN, pca_components=64, pca_whiten=True, bic_components=(1, 2, 4, 8, 16)),
+    Part("cnn-ocsvm", "ocsvm", CNN),
+    Part("logmel-gmm", "gmm", LOGMEL, overrides=(("n_components", 16), ("reg_covar", 1e-3), ("max_iter", 200))),
+)}
+CANDIDATES = {c.name: c for c in (
+    Candidate("paper", ("cnn-gmm80",)),
+    Candidate("cnn-pca-gmm", ("cnn-pca-gmm",)),
+    Candidate("cnn-ocsvm", ("cnn-ocsvm",)),
+    Candidate("logmel-gmm", ("logmel-gmm",)),
+    Candidate("fusion", ("cnn-pca-gmm", "logmel-gmm"), "mean"),
+    Candidate("fusion-max", ("cnn-pca-gmm", "logmel-gmm"), "max"),
+)}
+
+
+def fit_part(part: Part, cnn: np.ndarray | None, db: np.ndarray, extractor_sha256: str | None,
+             seed: int = 0) -> FittedDetector:
+    """Fit one part on normal patches: CNN features (n, d) or dB patches (n, mels, frames)."""
+    if part.feature_source == CNN:
+        if cnn is None or extractor_sha256 is None:
+            raise ValueError(f"part {part.name} needs CNN features and the extractor's sha256")
+        features, sha = cnn, extractor_sha256
+    else:
+        features, sha = fit_frames(db, seed), logmel_extractor_sha256()
+    pca = None if part.pca_components is None else min(part.pca_components, len(features) - 1, features.shape[1])
+
+    def fit(**extra) -> FittedDetector:
+        return fit_detector(part.kind, features, sha, feature_source=part.feature_source, pca_components=pca,
+                            pca_whiten=part.pca_whiten, random_state=seed, **dict(part.overrides), **extra)
+
+    if not part.bic_components:
+        return fit()
+    smallest = fit(n_components=min(part.bic_components))
+    best = _bic_choice(part, smallest, features, seed)
+    return smallest if best == min(part.bic_components) else fit(n_components=best)
+
+
+def score_part(part: Part, fitted: FittedDetector, cnn: np.ndarray | None, db: np.ndarray) -> np.ndarray:
+    """Raw per-patch scores of one part, exactly as `agent.pipeline.PatchScorer` computes them on the board."""
+    if part.feature_source == CNN:
+        return fitted.score(cnn)
+    if len(db) == 0:
+        return np.empty(0)
+    return fitted.score(frame_features(PatchBatch(db=db))).reshape(len(db), -1).mean(axis=1)
+
+
+def fit_frames(db: np.ndarray, seed: int) -> np.ndarray:
+    """The log-Mel frames to fit on: every frame once (patches overlap by half, so every other patch), subsampled
+    to MAX_FIT_FRAMES with a seeded draw."""
+    step = PATCH_FRAMES // PATCH_HOP_FRAMES
+    frames = frame_features(PatchBatch(db=db[::step]))
+    if len(frames) > MAX_FIT_FRAMES:
+        keep = np.sort(np.random.default_rng(seed).choice(len(frames), MAX_FIT_FRAMES, replace=False))
+        frames = frames[keep]
+    return frames
+
+
+def _bic_choice(part: Part, fitted: FittedDetector, features: np.ndarray, seed: int) -> int:
+    """The component count among part.bic_components with the lowest BIC, on the features as `fitted` transforms
+    them (its scaler and PCA do not depend on the count, so they are fitted once)."""
+    estimator = fitted.estimator
+    z = estimator.scaler_.transform(np.asarray(features, dtype=np.float64))
+    if estimator.projection_ is not None:
+        z = estimator.projection_.transform(z)
+    params = {k: v for k, v in estimator.model_params_.items() if k != "n_components"}
+    bics = {k: GaussianMixture(n_components=min(k, len(z)), **params).fit(z).bic(z) for k in part.bic_components}
+    log.debug("%s: BIC by component count %s", part.name, {k: round(v) for k, v in bics.items()})
+    return min(bics, key=bics.get)

@@ -1,0 +1,294 @@
+"""Per-machine choice of the scoring pipeline at calibration, from normal sound only.
+
+Which pipeline detects faults best depends on the machine (Müller et al. 2020, finding 4), and a technician has no
+recordings of this machine's faults. So: fit every candidate (`calibration.candidates`) on the fitting part of the
+machine's normal clips, inject synthetic faults (`calibration.faults`: tones, band noise, impacts, amplitude and
+speed modulation, at several strengths) into its own held-out normal clips, and keep the candidate whose window
+scores separate faulted from normal held-out windows best (ROC AUC averaged over the fault kinds). When the best
+beats the default candidate by less than `margin`, the default is kept: a small lead on synthetic faults is not
+worth leaving the documented choice. Real anomalies never enter: this module sees normal clips only.
+
+Cost on the board: each clip's patches and CNN features are computed once and shared by all candidates; only the
+faulted copies (at most `max_fault_clips` windows of about 10 s) go through the front end and the CNN again.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from agent.audio import read_wav
+from agent.errors import ConfigError
+from agent.frontend import clip_patches
+from agent.spec import HOP_LENGTH, N_FFT, PATCH_FRAMES, PATCH_HOP_FRAMES, WINDOW_PATCHES, FrontEndParams
+from calibration.candidates import CANDIDATES, CNN, PARTS, Candidate, fit_part, score_part
+from calibration.detectors import FittedDetector
+from calibration.faults import FAULT_KINDS, fault_grid, inject
+from calibration.threshold import heldout_mask
+
+log = logging.getLogger(__name__)
+
+# The documented default: chosen from the measurements in benchmarks/RESULTS.md (section "Detection quality and
+# per-machine selection"); kept whenever no candidate beats it by at least DEFAULT_MARGIN mean AUC.
+DEFAULT_CANDIDATE = "fusion"
+DEFAULT_MARGIN = 0.01
+# Faulted windows per calibration: every fault of the default grid (5 kinds x 3 strengths) twice.
+MAX_FAULT_CLIPS = 30
+# Samples of one window: WINDOW_PATCHES patches of PATCH_FRAMES frames, hop PATCH_HOP_FRAMES (~9.7 s).
+WINDOW_SAMPLES = ((WINDOW_PATCHES - 1) * PATCH_HOP_FRAMES + PATCH_FRAMES - 1) * HOP_LENGTH + N_FFT // 2
+
+
+@dataclass(frozen=True)
+class Injection:
+    """A synthetic fault: `label` groups injections for the per-kind AUC; `apply` returns a faulted copy."""
+
+    label: str
+    apply: Callable[[np.ndarray], np.ndarray]
+
+
+def default_injections(seed: int = 0) -> list[Injection]:
+    """Every fault kind of `calibration.faults` at every strength."""
+    return [Injection(f.kind, lambda x, f=f: inject(x, f)) for f in fault_grid(seed)]
+
+
+@dataclass
+class NormalClip:
+    """One block of normal sound as every candidate sees it: samples, dB patches and (if a CNN is used) features."""
+
+    samples: np.ndarray
+    db: np.ndarray
+    cnn: np.ndarray | None
+
+
+def prepare_clip(samples: np.ndarray, extractor, params: FrontEndParams) -> NormalClip:
+    """Front end (and CNN, when `extractor` is given) of one block of 16 kHz mono samples."""
+    batch = clip_patches(samples, params)
+    cnn = extractor.embed(batch.images) if extractor is not None else None
+    return NormalClip(np.asarray(samples, dtype=np.float32), batch.db, cnn)
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    name: str
+    auc: float  # mean over fault kinds
+    per_fault: dict[str, float]
+
+
+@dataclass
+class Selection:
+    """The chosen pipeline, fitted, with everything a bundle and the calibration report need."""
+
+    chosen: Candidate
+    reason: str
+    default: str
+    margin: float
+    table: list[CandidateScore]
+    fitted: dict[str, FittedDetector]  # part name -> detector fitted on the fitting clips
+    standardisation: dict[str, tuple[float, float]]  # part name -> held-out normal patch score (mean, std)
+    fault_clips: int = 0
+    heldout_windows: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def uses_cnn(self) -> bool:
+        return self.chosen.uses_cnn()
+
+    @property
+    def fusion(self) -> str:
+        return self.chosen.fusion
+
+    def manifest_fields(self) -> dict:
+        """The bundle manifest's `detectors` and `fusion` for the chosen candidate (see agent.bundle)."""
+        return {"fusion": self.fusion,
+                "detectors": [{"file": PARTS[p].file, "kind": PARTS[p].kind, "feature_source": PARTS[p].feature_source,
+                               "score_mean": self.standardisation[p][0], "score_std": self.standardisation[p][1]}
+                              for p in self.chosen.parts]}
+
+    def fill(self, directory: Path) -> None:
+        """Save the chosen candidate's detector files into a bundle directory (the `fill` of write_bundle)."""
+        for p in self.chosen.parts:
+            self.fitted[p].save(Path(directory) / PARTS[p].file)
+
+    def patch_scores(self, clip: NormalClip, candidate: str | None = None) -> np.ndarray:
+        """Fused, standardised per-patch scores of the chosen (or another fitted) candidate: the numbers the
+        board's PatchScorer gives for the bundle."""
+        chosen = CANDIDATES[candidate] if candidate else self.chosen
+        return _fused(chosen, {p: _standardised(self, p, clip) for p in chosen.parts})
+
+    def report(self) -> dict:
+        """For bundle.json's `calibration` section and the technician's report."""
+        return {"chosen": self.chosen.name, "reason": self.reason, "default": self.default, "margin": self.margin,
+                "fault_clips": self.fault_clips, "heldout_windows": self.heldout_windows,
+                "candidates": {s.name: {"auc": round(s.auc, 4), **{k: round(v, 4) for k, v in s.per_fault.items()}}
+                               for s in self.table}}
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"pipeline: {self.chosen.name} ({self.reason})"]
+        if len(self.table) > 1:
+            lines.append(f"synthetic-fault AUC on {self.heldout_windows} held-out normal windows and "
+                         f"{self.fault_clips} faulted copies:")
+            lines += [f"  {s.name:<12} {s.auc:.3f}  " + " ".join(f"{k} {v:.2f}" for k, v in s.per_fault.items())
+                      for s in self.table]
+        return lines
+
+
+def choose_pipeline(clips: Sequence[NormalClip], held: np.ndarray, extractor_sha256: str | None = None,
+                    extractor=None, params: FrontEndParams | None = None,
+                    candidates: Sequence[str] = tuple(CANDIDATES), default: str = DEFAULT_CANDIDATE,
+                    margin: float = DEFAULT_MARGIN, injections: Sequence[Injection] | None = None,
+                    max_fault_clips: int = MAX_FAULT_CLIPS, seed: int = 0) -> Selection:
+    """Fit the candidates on the clips where `held` is False, and choose one by synthetic faults in the others.
+
+    `extractor` (an `agent.extractor.Extractor`, with `params` its front end) embeds the faulted copies; without
+    it, only candidates without a CNN are considered. A single candidate is fitted and returned without faults
+    (a preset such as "paper").
+    """
+    params = params or FrontEndParams()
+    held = np.asarray(held, dtype=bool)
+    if len(held) != len(clips) or held.all() or not held.any():
+        raise ValueError("held must mark some but not all clips as held out")
+    unknown = [c for c in (*candidates, default) if c not in CANDIDATES]
+    if unknown:
+        raise ValueError(f"unknown candidate(s) {', '.join(unknown)}; choose from {', '.join(CANDIDATES)}")
+    has_cnn = extractor_sha256 is not None and all(c.cnn is not None for c in clips)
+    usable = [CANDIDATES[c] for c in candidates if has_cnn or not CANDIDATES[c].uses_cnn()]
+    if not usable:
+        raise ValueError("every candidate needs CNN features, and none were given")
+    fit_clips = [c for c, h in zip(clips, held) if not h]
+    heldout = [c for c, h in zip(clips, held) if h]
+    parts = list(dict.fromkeys(p for c in usable for p in c.parts))
+    fitted = {p: _fit(p, fit_clips, extractor_sha256, seed) for p in parts}
+    selection = Selection(chosen=usable[0], reason="the only candidate", default=default, margin=margin, table=[],
+                          fitted=fitted, standardisation={})
+    for p in parts:
+        held_scores = np.concatenate([score_part(PARTS[p], fitted[p], c.cnn, c.db) for c in heldout])
+        std = float(held_scores.std())
+        selection.standardisation[p] = (float(held_scores.mean()), std if std > 0 else 1.0)
+    normal = [_windows(selection, usable, c) for c in heldout]
+    selection.heldout_windows = sum(len(w[usable[0].name]) for w in normal)
+    if len(usable) == 1:
+        return selection
+    if extractor is None and any(c.uses_cnn() for c in usable):
+        raise ValueError("choosing among CNN candidates needs the extractor to embed the faulted clips")
+    faulted = _faulted_windows(selection, usable, heldout, extractor, params,
+                               list(injections) if injections is not None else default_injections(seed),
+                               max_fault_clips, seed)
+    selection.fault_clips = len(faulted)
+    selection.table = [_candidate_score(c.name, normal, faulted) for c in usable]
+    _decide(selection, usable)
+    log.info("pipeline %s (%s); %s", selection.chosen.name, selection.reason,
+             ", ".join(f"{s.name} {s.auc:.3f}" for s in selection.table))
+    return selection
+
+
+def choose_from_files(paths: Sequence[Path], extractor_sha256: str | None = None, extractor=None,
+                      params: FrontEndParams | None = None, channel: int | str = 0,
+                      clip_features: Callable[[Path], tuple[np.ndarray, np.ndarray | None]] | None = None,
+                      **options) -> Selection:
+    """`choose_pipeline` on normal recordings given as files (e.g. evaluation's training clips), one in four
+    held out as calibration holds out its blocks. A file named as an anomaly (anomaly_*, abnormal_*, or in an
+    abnormal/ or anomaly/ folder) is refused before anything is read. `clip_features(path) -> (dB patches, CNN
+    features)` lets a caller reuse cached features; the samples are read only for the held-out clips."""
+    named = [p for p in map(Path, paths) if _named_anomalous(p)]
+    if named:
+        raise ConfigError(f"{named[0]}: named as an anomaly; the pipeline is chosen from normal recordings only")
+    params = params or FrontEndParams()
+    clips = []
+    for path in map(Path, paths):
+        if clip_features is None:
+            clips.append(prepare_clip(read_wav(path, channel), extractor, params))
+        else:
+            clips.append(NormalClip(np.empty(0, np.float32), *clip_features(path)))
+    held = heldout_mask([len(c.db) for c in clips])
+    if clip_features is not None:
+        for path, clip, h in zip(map(Path, paths), clips, held):
+            if h:
+                clip.samples = read_wav(path, channel)
+    return choose_pipeline(clips, held, extractor_sha256, extractor, params, **options)
+
+
+def _named_anomalous(path: Path) -> bool:
+    marks = ("anomaly", "abnormal")
+    return path.name.lower().startswith(marks) or any(part.lower() in marks for part in path.parent.parts)
+
+
+def _fit(part: str, clips: list[NormalClip], extractor_sha256: str | None, seed: int) -> FittedDetector:
+    cnn = np.concatenate([c.cnn for c in clips]) if PARTS[part].feature_source == CNN else None
+    return fit_part(PARTS[part], cnn, np.concatenate([c.db for c in clips]), extractor_sha256, seed)
+
+
+def _standardised(selection: Selection, part: str, clip: NormalClip) -> np.ndarray:
+    mean, std = selection.standardisation[part]
+    return (score_part(PARTS[part], selection.fitted[part], clip.cnn, clip.db) - mean) / std
+
+
+def _fused(candidate: Candidate, scores: dict[str, np.ndarray]) -> np.ndarray:
+    stacked = np.stack([scores[p] for p in candidate.parts])
+    return stacked.max(axis=0) if candidate.fusion == "max" else stacked.mean(axis=0)
+
+
+def _windows(selection: Selection, usable: list[Candidate], clip: NormalClip) -> dict[str, np.ndarray]:
+    """Per candidate: the scores of the clip's non-overlapping windows (a shorter clip is one window)."""
+    parts = {p for c in usable for p in c.parts}
+    scores = {p: _standardised(selection, p, clip) for p in parts}
+    out = {}
+    for c in usable:
+        fused = _fused(c, scores)
+        n = len(fused) // WINDOW_PATCHES
+        out[c.name] = fused[: n * WINDOW_PATCHES].reshape(n, WINDOW_PATCHES).mean(axis=1) if n else fused.mean()[None]
+    return out
+
+
+def _faulted_windows(selection: Selection, usable: list[Candidate], heldout: list[NormalClip], extractor,
+                     params: FrontEndParams, injections: list[Injection], budget: int,
+                     seed: int) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """(label, window scores per candidate) of faulted copies of the held-out clips' first windows.
+
+    Injection i goes into held-out clip order[i mod H], cycling the clips in a seeded order, so every fault lands on
+    several clips and every clip carries several faults when the budget allows.
+    """
+    order = np.random.default_rng(seed).permutation(len(heldout))
+    out = []
+    for i in range(min(budget, max(len(injections), 1) * len(heldout))):
+        injection = injections[i % len(injections)]
+        source = heldout[order[(i + i // len(heldout)) % len(heldout)]]
+        samples = injection.apply(source.samples[:WINDOW_SAMPLES])
+        copy = prepare_clip(samples, extractor if any(c.uses_cnn() for c in usable) else None, params)
+        out.append((injection.label, {k: v[:1] for k, v in _windows(selection, usable, copy).items()}))
+    return out
+
+
+def _candidate_score(name: str, normal: list[dict[str, np.ndarray]],
+                     faulted: list[tuple[str, dict[str, np.ndarray]]]) -> CandidateScore:
+    normal_scores = np.concatenate([w[name] for w in normal])
+    labels = [k for k in FAULT_KINDS if any(lab == k for lab, _ in faulted)]
+    labels += sorted({lab for lab, _ in faulted} - set(labels))
+    per_fault = {}
+    for label in labels:
+        fault_scores = np.concatenate([w[name] for lab, w in faulted if lab == label])
+        y = np.r_[np.zeros(len(normal_scores)), np.ones(len(fault_scores))]
+        per_fault[label] = float(roc_auc_score(y, np.r_[normal_scores, fault_scores]))
+    return CandidateScore(name, float(np.mean(list(per_fault.values()))), per_fault)
+
+
+def _decide(selection: Selection, usable: list[Candidate]) -> None:
+    best = max(selection.table, key=lambda s: s.auc)  # ties: the earlier candidate
+    by_name = {s.name: s for s in selection.table}
+    default = by_name.get(selection.default)
+    if default is None:
+        choice, reason = best.name, f"best synthetic-fault AUC {best.auc:.3f}; default {selection.default} unusable"
+    elif best.name != default.name and best.auc - default.auc < selection.margin:
+        choice, reason = default.name, (f"default: {best.name} leads by {best.auc - default.auc:.3f} "
+                                        f"< margin {selection.margin}")
+    elif best.name == default.name:
+        choice, reason = default.name, f"default, best synthetic-fault AUC {best.auc:.3f}"
+    else:
+        choice, reason = best.name, (f"best synthetic-fault AUC {best.auc:.3f}, {best.auc - default.auc:+.3f} "
+                                     f"over default {default.name}")
+    selection.chosen = CANDIDATES[choice]
+    selection.reason = reason
+
