@@ -181,15 +181,16 @@ CHUNK_SECONDS = 0.1
 
 
 def record(minutes: float, device: int | str | None = None, rate: int = SAMPLE_RATE, channels: int = 1,
-           channel: int | str = 0, out: TextIO = sys.stderr) -> np.ndarray:
+           channel: int | str = 0, out: TextIO | None = None) -> np.ndarray:
     """Record `minutes` from an input device (PortAudio index, part of its name, or None: the default input) as
     16 kHz mono float32, drawing progress and a level meter on one line of `out`.
 
     The device is opened at `rate` with `channels` (falling back to its default rate if it refuses `rate`);
-    `channel` is the one analysed, or "mean", as the agent does with the same settings.
+    `channel` is the one analysed, or "mean", as the agent does with the same settings. `out` defaults to stderr.
     """
     import pyaudio  # the board's optional audio extra; imported only when recording
 
+    out = out or sys.stderr
     if not minutes > 0:
         raise AudioError(f"--record {minutes}: the duration must be positive")
     audio = pyaudio.PyAudio()

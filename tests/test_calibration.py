@@ -2,6 +2,7 @@
 atomic bundle replacement and rollback, and clear refusals of unusable audio."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from agent.errors import AudioError
 from agent.pipeline import Pipeline
 from agent.spec import SAMPLE_RATE
 from calibration.calibrate import calibrate
-from calibration.collect import Block, meter_line, split_blocks, survey, wav_blocks
+from calibration.collect import Block, meter_line, record, split_blocks, survey, wav_blocks
 from calibration.faults import Fault, inject
 from calibration.report import PNG_NAME, TEXT_NAME
 from calibration.threshold import choose_threshold, decisions_per_day, heldout_mask
@@ -290,3 +291,49 @@ def test_threshold_is_never_below_the_largest_held_out_score():
 def test_heldout_blocks_are_every_fourth_block_that_holds_a_window():
     mask = heldout_mask([18, 18, 5, 18, 18, 18, 38, 18, 18, 18])
     assert np.flatnonzero(mask).tolist() == [4, 8]
+
+
+# ---- the microphone ----
+
+def test_recording_captures_the_device_with_progress_and_level_meter(alsa_device):
+    import io
+
+    device = alsa_device(speed=4.0)  # a real ALSA capture device, fed 4 times faster than real time
+    t = np.arange(8 * SAMPLE_RATE) / SAMPLE_RATE
+    device.play(0.1 * np.sqrt(2) * np.sin(2 * np.pi * 1000 * t))  # a 1 kHz tone at -20 dBFS
+    meter = io.StringIO()
+    samples = record(0.1, device.name, out=meter)
+    assert samples.dtype == np.float32 and len(samples) == 6 * SAMPLE_RATE
+    rms = np.sqrt(np.mean(samples[SAMPLE_RATE:].astype(np.float64) ** 2))
+    assert 20 * np.log10(rms) == pytest.approx(-20.0, abs=0.5)
+    spectrum = np.abs(np.fft.rfft(samples[SAMPLE_RATE:]))
+    assert np.argmax(spectrum) / 5.0 == pytest.approx(1000.0, abs=1.0)  # 5 s analysed: 0.2 Hz per bin
+    lines = meter.getvalue().split("\r")
+    assert lines[-1] == "recording 00:06 / 00:06  level -20 dBFS ▮▮▮▮▮▯▯▯\n"
+    assert len(lines) > 50  # redrawn every 0.1 s
+
+
+def test_an_unknown_input_device_is_named_in_the_error(alsa_device):
+    alsa_device()
+    with pytest.raises(AudioError, match="input device 'no-such-mic': not found"):
+        record(0.1, "no-such-mic")
+
+
+def test_calibrate_records_the_configured_device_and_writes_the_configured_bundle(tmp_path, alsa_device, normal_paths,
+                                                                                   squeezenet_int8, capsys):
+    device = alsa_device(speed=8.0)
+    machine_sound = np.concatenate([read_wav(p) for p in normal_paths[:24]])  # 4 min of the real machine
+    device.play(machine_sound)
+    config = tmp_path / "fan1.toml"
+    config.write_text(f'[machine]\nname = "fan1"\n[model]\nbundle = "{tmp_path / "state" / "bundle"}"\n'
+                      f'[audio]\ndevice = "{device.name}"\n')
+    code = humwatch(["calibrate", "--config", str(config), "--model", str(squeezenet_int8), "--record", "4"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert re.search(r"\rrecording 04:00 / 04:00  level -4[01] dBFS ▮▮▮?▯+\n", captured.err)  # the machine's level
+    bundle = Bundle.load(tmp_path / "state" / "bundle")
+    assert bundle.machine == "fan1"
+    stats = bundle.manifest["calibration"]
+    assert stats["seconds"] == 240.0 and stats["sources"] == 1
+    # 12 blocks of 20 s; every 4th is held out: 3 blocks of 38 patches each
+    assert stats["heldout_patches"] == 3 * 38 and bundle.manifest["threshold"]["heldout_windows"] == 6
