@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from agent import spec
+from agent.errors import ConfigError
 from convert.backbones import ARCHITECTURES
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ARCH = "squeezenet1_1"
 DEFAULT_PATCHES = 250
+MIN_PATCHES = 10
 HELD_OUT_EVERY = 5  # every 5th representative patch checks the int8 model instead of calibrating it
 
 
@@ -92,6 +94,8 @@ def convert(arch: str, *, out_dir: Path, precisions: tuple[str, ...] = ("float32
     from convert.backbones import build_backbone, feature_dim
     from convert.weights import default_shared_dir
 
+    if patches < MIN_PATCHES:
+        raise ConfigError(f"--patches {patches}: need at least {MIN_PATCHES} to quantise and check the int8 model")
     started = time.monotonic()
     state, weights_info, weights_path = resolve_weights(arch, weights, weights_dir, download, random_seed)
     if not audio:  # the recordings shared beside the weights, else those of this checkout's shared folder

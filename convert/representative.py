@@ -79,6 +79,9 @@ def representative_images(audio: list[Path] | None, max_patches: int,
         raise AudioError(f"no .wav files in {', '.join(map(str, audio))}")
     if files:
         images = images_from_audio(files, max_patches, params)
+        if len(images) == 0:
+            raise AudioError(f"{', '.join(map(str, audio))}: no clip is long enough for one "
+                             f"{spec.PATCH_FRAMES}-frame patch")
         return images, f"{len(images)} patches from {len(files)} WAV file(s) under {', '.join(map(str, audio))}"
     images = images_from_synth(max_patches, params)
     return images, f"{len(images)} patches of synthetic machine sound (calibration.synth)"
