@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from agent import spec
+from agent.errors import ModelError
 
 ARCHITECTURES = ("resnet18", "resnet34", "squeezenet1_0", "squeezenet1_1")
 HEADS = ("features", "logits")
@@ -40,8 +41,6 @@ class Params:
         self.used: set[str] = set()
 
     def take(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
-        from agent.errors import ModelError
-
         if key not in self.state:
             raise ModelError(f"{self.source}: missing tensor {key!r} (expected shape {shape})")
         value = np.asarray(self.state[key], dtype=np.float32)
