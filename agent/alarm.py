@@ -135,6 +135,11 @@ class SensorHealth:
             events += self._set("clipping", clipping, now, f"{share:.1%} of samples at full scale")
         return events
 
+    @property
+    def silent(self) -> bool:
+        """The last chunk was below the silence level (whether or not it has lasted long enough to be a fault)."""
+        return self._silent_for > 0
+
     def check(self, now: float) -> list[SensorEvent]:
         """Call periodically: reports a stall when no chunk has arrived for `stall_seconds`."""
         if self._last_arrival is None:

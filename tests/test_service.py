@@ -1,0 +1,343 @@
+"""`humwatch run` end to end: a real ALSA capture device, real TFLite models, a real mosquitto broker.
+
+The bundle is calibrated (with `calibration.calibrate`, the code `humwatch calibrate` runs) on the shared DCASE
+normal clips. Normal sound for a run is one of those clips played forwards then backwards, over and over, so the
+stream has no splice between different recordings (a splice is itself an abrupt change a detector rightly flags).
+The fault is the shared DCASE anomalous recording of the same machine, played the same way.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from agent.audio import read_wav
+from agent.bundle import Bundle, write_bundle
+from agent.sdnotify import Notifier
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SPEED = 3.0  # the capture device plays three times faster than real time
+FAULT_ONSET = 30.0  # seconds of normal sound before the fault
+WINDOW_SECONDS = 10.24 + 0.512  # the first window ends after 18 patches
+LATENCY_GOAL = WINDOW_SECONDS + 2.0  # an alarm must be decided within one window + 2 s of the fault onset
+
+
+@pytest.fixture(scope="session")
+def dcase(shared_dir) -> pathlib.Path:
+    return shared_dir / "audio" / "dcase2020-id00"
+
+
+@pytest.fixture(scope="session")
+def agent_bundle(tmp_path_factory, squeezenet_int8, dcase) -> Bundle:
+    from calibration.calibrate import calibrate
+    from calibration.collect import wav_blocks
+
+    link = tmp_path_factory.mktemp("bundle") / "pump1"
+    calibrate(wav_blocks([dcase / "train"]), squeezenet_int8, link, machine="pump1", report=False)
+    return Bundle.load(link)
+
+
+def back_and_forth(clip: np.ndarray, seconds: float) -> np.ndarray:
+    """The clip forwards, backwards, forwards...: continuous sound without a splice, `seconds` long."""
+    n = int(seconds * 16000)
+    reps = -(-n // (2 * len(clip)))
+    return np.tile(np.concatenate([clip, clip[::-1]]), reps)[:n]
+
+
+@pytest.fixture(scope="session")
+def normal_clip(dcase) -> np.ndarray:
+    return read_wav(dcase / "train" / "normal_id_00_00000000.wav")
+
+
+@pytest.fixture(scope="session")
+def fault_clip(dcase) -> np.ndarray:
+    return read_wav(dcase / "test" / "anomaly_id_00_00000000.wav")
+
+
+class NotifySocket:
+    """A systemd-like notify socket in the abstract namespace that collects what the agent sends."""
+
+    def __init__(self) -> None:
+        self.name = f"@humwatch-test-{uuid.uuid4().hex}"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind("\0" + self.name[1:])
+        self._sock.settimeout(0.2)
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.lines += self._sock.recv(4096).decode().splitlines()
+            except socket.timeout:
+                continue
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._sock.close()
+
+
+class AgentProcess:
+    """`humwatch run` as a subprocess with its own config; stderr goes to a log file."""
+
+    def __init__(self, directory: pathlib.Path, env: dict, bundle: pathlib.Path, broker, **sections) -> None:
+        self.directory = directory
+        self.config = directory / "humwatch.toml"
+        settings = {
+            "machine": {"name": "pump1"},
+            "model": {"bundle": str(bundle)},
+            "audio": {"device": "humwatch_test"},
+            "alarm": {"score_interval": 2.0},
+            "mqtt": {"host": broker.host, "port": broker.port, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
+            "state": {"dir": str(directory / "state")},
+        }
+        for name, values in sections.items():
+            settings.setdefault(name, {}).update(values)
+        self.config.write_text("".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+                                       for name, values in settings.items()))
+        self.env = {**env, "PYTHONPATH": str(REPO)}
+        self.log_path = directory / "agent.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, notify: NotifySocket | None = None) -> "AgentProcess":
+        env = dict(self.env)
+        if notify is not None:
+            env["NOTIFY_SOCKET"] = notify.name
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)],
+                                            env=env, cwd=REPO, stdout=log, stderr=log)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 60.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.log())
+            if found:
+                return found
+            if self.process.poll() is not None:
+                pytest.fail(f"the agent exited ({self.process.returncode}) before logging {pattern!r}:\n{self.log()}")
+            time.sleep(0.1)
+        pytest.fail(f"the agent did not log {pattern!r} within {timeout} s:\n{self.log()}")
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def agents(tmp_path):
+    started: list[AgentProcess] = []
+
+    def make(*args, **kwargs) -> AgentProcess:
+        directory = tmp_path / f"agent{len(started)}"
+        directory.mkdir()
+        agent = AgentProcess(directory, *args, **kwargs)
+        started.append(agent)
+        return agent
+
+    yield make
+    for agent in started:
+        if agent.process is not None and agent.process.poll() is None:
+            agent.kill()
+
+
+def alarms(subscriber, kind: str = "anomaly") -> list[dict]:
+    return [m.json() for m in subscriber.on("humwatch/pump1/alarm") if m.json()["kind"] == kind]
+
+
+def test_fault_alarm_end_to_end_with_systemd_notify_and_clean_stop(
+        alsa_device, mosquitto, subscribe, agents, agent_bundle, normal_clip, fault_clip):
+    device = alsa_device(speed=SPEED)
+    after = 35.0
+    device.play(np.concatenate([back_and_forth(normal_clip, FAULT_ONSET), back_and_forth(fault_clip, 20.0),
+                                back_and_forth(normal_clip, after)]))
+    subscriber = subscribe(["humwatch/pump1/#"])
+    notify = NotifySocket()
+    try:
+        agent = agents(device.env, agent_bundle.path, mosquitto).start(notify)
+        subscriber.wait_for(lambda msgs: len([m for m in msgs if m.topic.endswith("/alarm")
+                                              and m.json()["event"] == "cleared"]) >= 1, timeout=120)
+        # After the audio, the device delivers digital silence: a dead microphone, not a machine fault.
+        subscriber.wait_for(lambda msgs: any(m.topic.endswith("/alarm") and m.json()["kind"] == "sensor_fault"
+                                             for m in msgs), timeout=60)
+        assert agent.terminate() == 0
+    finally:
+        notify.close()
+
+    anomalies = alarms(subscriber)
+    assert len(anomalies) == 2, [(a["event"], a["audio_time"], a["window_score"]) for a in anomalies]
+    raised, cleared = anomalies
+    assert (raised["event"], cleared["event"]) == ("raised", "cleared")
+    assert re.fullmatch(r"[0-9a-f]{32}", raised["id"]) and raised["id"] != cleared["id"]
+    assert raised["machine"] == "pump1" and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", raised["time"])
+    assert raised["threshold"] == pytest.approx(agent_bundle.threshold_high)
+    assert raised["window_score"] > agent_bundle.threshold_high
+    assert cleared["threshold"] == pytest.approx(agent_bundle.threshold_low)
+    assert cleared["window_score"] < agent_bundle.threshold_low
+    assert raised["model"] == agent_bundle.model_ids
+    assert "3 decisions in a row" in raised["reason"]
+    # Normal sound before the fault raised nothing; the fault was decided within one window + 2 s of its onset.
+    assert FAULT_ONSET < raised["audio_time"] <= FAULT_ONSET + LATENCY_GOAL
+    scores = [m.json() for m in subscriber.on("humwatch/pump1/score")]
+    before = [s["window_score"] for s in scores if s["audio_time"] < FAULT_ONSET]
+    assert len(before) >= 5 and max(before) < agent_bundle.threshold_high
+
+    sensor = alarms(subscriber, "sensor_fault")
+    assert sensor[0]["event"] == "raised" and sensor[0]["reason"].startswith("silence")
+    states = [m.json()["state"] for m in subscriber.on("humwatch/pump1/state")]
+    assert states[-4:] == ["normal", "anomaly", "normal", "sensor_fault"]
+    status = [m.text for m in subscriber.on("humwatch/pump1/status")]
+    assert status[0] == "online" and status[-1] == "offline"
+
+    assert "READY=1" in notify.lines and "WATCHDOG=1" in notify.lines and notify.lines[-1] == "STOPPING=1"
+    assert notify.lines.index("READY=1") < notify.lines.index("WATCHDOG=1")
+    assert any(re.match(r"STATUS=\w+; window score [-0-9.e]+ \(threshold [-0-9.e]+\); pending alarms \d+; "
+                        r"overflows \d+; mqtt connected", line) for line in notify.lines), notify.lines
+
+
+def test_broker_down_at_start_and_during_the_fault_alarm_arrives_exactly_once(
+        alsa_device, mosquitto, subscribe, agents, agent_bundle, normal_clip, fault_clip):
+    device = alsa_device(speed=SPEED)
+    subscriber = subscribe(["humwatch/pump1/alarm"])  # a persistent session: the broker keeps its alarms
+    mosquitto.stop()
+    device.play(np.concatenate([back_and_forth(normal_clip, FAULT_ONSET), back_and_forth(fault_clip, 20.0),
+                                back_and_forth(normal_clip, 40.0)]))
+    agent = agents(device.env, agent_bundle.path, mosquitto).start()
+    queued = agent.wait_log(r"alarm ([0-9a-f]{32}) \(anomaly\) queued", timeout=120)
+    agent.wait_log(r"machine anomaly cleared", timeout=120)  # raised and cleared, both while the broker is away
+    mosquitto.start()
+    agent.wait_log(r"delivered \(PUBACK\), 0 pending", timeout=60)
+    received = subscriber.wait_for(lambda msgs: len(msgs) >= 2, timeout=30)
+    assert agent.terminate() == 0
+    ids = [m.json()["id"] for m in subscriber.messages]
+    assert ids[0] == queued.group(1)
+    assert len(ids) == len(set(ids)), f"an alarm arrived twice: {ids}"
+    assert [m.json()["event"] for m in received if m.json()["kind"] == "anomaly"][:2] == ["raised", "cleared"]
+    log = agent.log()
+    assert log.count(f"cannot connect to {mosquitto.host}:{mosquitto.port}") == 1  # said once, clearly
+
+
+def test_alarm_pending_when_the_agent_is_killed_is_delivered_after_restart(
+        alsa_device, mosquitto, subscribe, agents, agent_bundle, normal_clip, fault_clip):
+    device = alsa_device(speed=SPEED)
+    subscriber = subscribe(["humwatch/pump1/alarm"])
+    mosquitto.stop()
+    device.play(np.concatenate([back_and_forth(normal_clip, FAULT_ONSET), back_and_forth(fault_clip, 20.0),
+                                back_and_forth(normal_clip, 60.0)]))
+    agent = agents(device.env, agent_bundle.path, mosquitto).start()
+    queued = agent.wait_log(r"alarm ([0-9a-f]{32}) \(anomaly\) queued", timeout=120).group(1)
+    agent.kill()  # SIGKILL: no flush, no goodbye
+    mosquitto.start()
+    restarted = agent.start()
+    restarted.wait_log(rf"alarm {queued} delivered \(PUBACK\)", timeout=60)
+    subscriber.wait_for(lambda msgs: any(m.json()["id"] == queued for m in msgs), timeout=30)
+    assert restarted.terminate() == 0
+    first = [m.json() for m in subscriber.messages][0]
+    assert (first["id"], first["kind"], first["event"]) == (queued, "anomaly", "raised")
+    assert [m.json()["id"] for m in subscriber.messages].count(queued) == 1
+
+
+def test_sighup_reloads_a_new_bundle_without_stopping(
+        alsa_device, mosquitto, subscribe, agents, agent_bundle, normal_clip, tmp_path):
+    link = tmp_path / "reloaded"
+    manifest = {k: v for k, v in agent_bundle.manifest.items() if k not in ("id", "created", "previous")}
+
+    def copy_detector(directory: pathlib.Path) -> None:
+        (directory / "detector.npz").write_bytes((agent_bundle.path / "detector.npz").read_bytes())
+
+    write_bundle(link, manifest, copy_detector, extractor=agent_bundle.extractor_path)
+    device = alsa_device(speed=SPEED)
+    device.play(back_and_forth(normal_clip, 120.0))
+    subscriber = subscribe(["humwatch/pump1/score"])
+    agent = agents(device.env, link, mosquitto, alarm={"score_interval": 1.0}).start()
+    subscriber.wait_on("humwatch/pump1/score", 1, timeout=60)
+    new = write_bundle(link, {**manifest, "threshold": {**manifest["threshold"], "high": 50.0, "low": 40.0}},
+                       copy_detector, extractor=agent_bundle.extractor_path)
+    agent.process.send_signal(signal.SIGHUP)
+    agent.wait_log(rf"now judging with bundle {new.name} \(threshold 50, clear 40\)", timeout=30)
+    subscriber.wait_for(lambda msgs: any(m.json()["threshold"] == 50.0 for m in msgs), timeout=30)
+    assert agent.process.poll() is None
+    assert agent.terminate() == 0
+
+
+def start_failure(agents, env, bundle, broker, **sections) -> str:
+    agent = agents(env, bundle, broker, **sections).start()
+    assert agent.process.wait(60) == 2, agent.log()
+    log = agent.log()
+    errors = [line for line in log.splitlines() if line.startswith("humwatch run: error:")]
+    assert len(errors) == 1 and "Traceback" not in log, log
+    return errors[0]
+
+
+def test_start_failures_are_one_line_and_exit_2(alsa_device, mosquitto, agents, agent_bundle, squeezenet_float,
+                                               tmp_path):
+    env = alsa_device().env
+    good = agent_bundle.path
+    line = start_failure(agents, env, good, mosquitto, alarm={"raise_after": 0})
+    assert "alarm.raise_after: must be at least 1" in line
+    line = start_failure(agents, env, tmp_path / "no-bundle", mosquitto)
+    assert "no bundle here" in line and "no-bundle" in line
+
+    mismatched = tmp_path / "mismatched"
+    mismatched.mkdir()
+    for item in good.iterdir():
+        (mismatched / item.name).write_bytes(item.read_bytes())
+    for suffix in ("", ".json"):  # the float model in place of the int8 one the detector was fitted on
+        (mismatched / f"extractor.tflite{suffix}").write_bytes(pathlib.Path(f"{squeezenet_float}{suffix}").read_bytes())
+    line = start_failure(agents, env, mismatched, mosquitto)
+    assert "extractor.tflite" in line and "is not the extractor the bundle was calibrated with" in line
+
+    bad_ca = tmp_path / "ca.pem"
+    bad_ca.write_text("not a certificate\n")
+    agent = agents(env, good, mosquitto)
+    agent.config.write_text(agent.config.read_text() + f'[mqtt.tls]\nca_file = "{bad_ca}"\n')
+    agent.start()
+    assert agent.process.wait(60) == 2
+    errors = [line for line in agent.log().splitlines() if line.startswith("humwatch run: error:")]
+    assert len(errors) == 1 and "mqtt.tls.ca_file" in errors[0] and str(bad_ca) in errors[0]
+
+    line = start_failure(agents, env, good, mosquitto, audio={"device": "no-such-mic"})
+    assert "audio.device: no input device named like 'no-such-mic'" in line
+
+
+def test_notifier_speaks_the_notify_protocol_on_abstract_and_path_sockets(tmp_path, monkeypatch):
+    notify = NotifySocket()
+    try:
+        notifier = Notifier(notify.name)
+        assert notifier.ready("warming up") and notifier.watchdog() and notifier.status("a\nb") and notifier.stopping()
+        deadline = time.monotonic() + 5
+        while len(notify.lines) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert notify.lines == ["READY=1", "STATUS=warming up", "WATCHDOG=1", "STATUS=a b", "STOPPING=1"]
+    finally:
+        notify.close()
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        assert Notifier().ready()
+        assert server.recv(100) == b"READY=1"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    quiet = Notifier()
+    assert not quiet.enabled and not quiet.ready()
