@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from agent.bundle import write_bundle
 from agent.errors import AudioError
@@ -100,7 +101,17 @@ def calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os.
 
     The report (PNG + text) is kept inside the bundle, and copied to `report_dir` when given.
     Raises AudioError for unusable audio, ModelError for models; nothing is written then.
+    BLAS runs single-threaded meanwhile: its threads made the many small products of the front end and the
+    scorer 4x slower on a busy 2-core machine (benchmarks/RESULTS.md, Calibration).
     """
+    with threadpool_limits(limits=1):  # scikit-learn's own dependency
+        return _calibrate(blocks, model_path, out, detector, false_alarms_per_day, machine, report, report_dir,
+                          num_threads)
+
+
+def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os.PathLike | None, detector: str,
+               false_alarms_per_day: float, machine: str, report: bool, report_dir: str | os.PathLike | None,
+               num_threads: int) -> Calibration:
     clock = _StageClock()
     with clock("checks"):
         checked = survey(blocks)
