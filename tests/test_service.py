@@ -341,3 +341,54 @@ def test_notifier_speaks_the_notify_protocol_on_abstract_and_path_sockets(tmp_pa
     monkeypatch.delenv("NOTIFY_SOCKET")
     quiet = Notifier()
     assert not quiet.enabled and not quiet.ready()
+
+
+def test_file_replay_runs_to_the_end_and_exits_cleanly(mosquitto, subscribe, agents, agent_bundle, normal_clip,
+                                                       fault_clip, tmp_path):
+    from scipy.io import wavfile
+
+    replay = tmp_path / "replay.wav"
+    audio = np.concatenate([back_and_forth(normal_clip, FAULT_ONSET), back_and_forth(fault_clip, 15.0)])
+    wavfile.write(replay, 16000, (audio * 32767).astype(np.int16))
+    subscriber = subscribe(["humwatch/pump1/alarm", "humwatch/pump1/status"])
+    agent = agents(os.environ, agent_bundle.path, mosquitto,
+                   audio={"source": "file", "file": str(replay), "realtime": False}).start()
+    assert agent.process.wait(120) == 0, agent.log()
+    raised = [m.json() for m in subscriber.wait_on("humwatch/pump1/alarm", 1)]
+    assert [(a["kind"], a["event"]) for a in raised] == [("anomaly", "raised")]
+    assert FAULT_ONSET < raised[0]["audio_time"] <= FAULT_ONSET + LATENCY_GOAL
+    assert "the audio source has ended" in agent.log()
+    assert subscriber.wait_on("humwatch/pump1/status", 2)[-1].text == "offline"
+
+
+def run_score(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent.cli", "score", *args], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_score_command_judges_files_with_the_agents_pipeline(agent_bundle, dcase, tmp_path):
+    from scipy.io import wavfile
+
+    from agent.pipeline import Pipeline
+
+    normal = dcase / "train" / "normal_id_00_00000000.wav"
+    anomaly = dcase / "test" / "anomaly_id_00_00000000.wav"
+    short = tmp_path / "short.wav"
+    wavfile.write(short, 16000, np.zeros(16000 * 3, np.int16))
+    done = run_score("--bundle", str(agent_bundle.path), "--json", str(normal), str(anomaly), str(short))
+    assert done.returncode == 1, done.stderr  # at least one file sounds anomalous
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["verdict"] for r in results] == ["normal", "anomaly", "too_short"]
+    pipeline = Pipeline(agent_bundle)
+    for result, path in zip(results[:2], (normal, anomaly)):
+        pipeline.reset()
+        expected = [r.window_score for r in pipeline.push(read_wav(path)) if r.window_score is not None]
+        assert result["windows"] == 1 and result["window_scores"] == pytest.approx(expected, abs=1e-5)
+        assert result["threshold"] == agent_bundle.threshold_high and result["bundle"] == agent_bundle.id
+    assert results[1]["max_window_score"] > agent_bundle.threshold_high > results[0]["max_window_score"]
+
+    done = run_score("--bundle", str(agent_bundle.path), str(normal))
+    assert done.returncode == 0
+    assert done.stdout.startswith(f"{normal}: NORMAL  max window score") and "0 of 1 windows above" in done.stdout
+    done = run_score("--bundle", str(agent_bundle.path), str(tmp_path / "absent.wav"))
+    assert done.returncode == 2 and "absent.wav: no such file" in done.stderr
