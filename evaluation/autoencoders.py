@@ -4,8 +4,9 @@
   (= every other humwatch frame) concatenated to 320 values; Dense 64 ×4, bottleneck 8, Dense 64 ×4 (each Dense
   followed by batch norm and ReLU, as the DCASE 2020 baseline), linear output; Adam, MSE, batch 512. Clip score:
   mean reconstruction error over the clip's vectors.
-- dcae: a LeNet-style convolutional autoencoder on the 64×64 dB Mel patches (the paper's peer): conv 5×5 (32) →
-  pool → conv 5×5 (64) → pool → conv 3×3 (128) → pool → dense 64 code, mirrored with transposed convolutions.
+- dcae: a LeNet-style convolutional autoencoder on the 64×64 dB Mel patches (the paper's peer): conv 5×5 (8) →
+  pool → conv 5×5 (16) → pool → conv 3×3 (32) → pool → dense 64 code, mirrored with transposed convolutions
+  (LeNet-sized, ≈ 17 M multiply-adds per patch, so that 40 trainings fit a shared 2-core machine).
   Input standardised with the training patches' mean and std. Patch score: MSE; clip score: mean over patches.
 """
 from __future__ import annotations
@@ -21,8 +22,9 @@ DENSE_FRAMES = 5
 DENSE_FRAME_STEP = 2  # hop 512 as the baseline, from our hop-256 frames
 DENSE_EPOCHS = 50
 DENSE_BATCH = 512
-DCAE_EPOCHS = 30
+DCAE_EPOCHS = 20
 DCAE_BATCH = 64
+CODE_MAPS = 32  # feature maps of the DCAE's last conv layer
 
 
 def _keras(seed: int):
@@ -56,12 +58,13 @@ def dcae_model(keras, size: int = 64):
     layers = keras.layers
     inputs = keras.Input((size, size, 1))
     h = inputs
-    for filters, kernel in ((32, 5), (64, 5), (128, 3)):
+    for filters, kernel in ((8, 5), (16, 5), (CODE_MAPS, 3)):
         h = layers.Conv2D(filters, kernel, padding="same")(h)
         h = layers.MaxPooling2D(2)(layers.Activation("relu")(layers.BatchNormalization()(h)))
     code = layers.Dense(64)(layers.Flatten()(h))
-    h = layers.Reshape((size // 8, size // 8, 128))(layers.Dense((size // 8) ** 2 * 128, activation="relu")(code))
-    for filters, kernel in ((64, 3), (32, 5), (16, 5)):
+    h = layers.Reshape((size // 8, size // 8, CODE_MAPS))(
+        layers.Dense((size // 8) ** 2 * CODE_MAPS, activation="relu")(code))
+    for filters, kernel in ((16, 3), (8, 5), (8, 5)):
         h = layers.Conv2DTranspose(filters, kernel, strides=2, padding="same")(h)
         h = layers.Activation("relu")(layers.BatchNormalization()(h))
     return keras.Model(inputs, layers.Conv2D(1, 3, padding="same")(h))

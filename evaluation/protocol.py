@@ -36,13 +36,13 @@ class Split:
         return np.r_[np.zeros(len(self.test_normal)), np.ones(len(self.test_abnormal))].astype(int)
 
 
-def test_size(machine: MachineClips, max_normal_test: int = PAPER_NORMAL_TEST) -> int:
+def normal_test_count(machine: MachineClips, max_normal_test: int = PAPER_NORMAL_TEST) -> int:
     """Normal (= abnormal) test clips per seed: limited by the abnormal clips and by keeping one normal to train."""
     return min(max_normal_test, len(machine.abnormal), len(machine.normal) - 1)
 
 
 def split(machine: MachineClips, seed: int, max_normal_test: int = PAPER_NORMAL_TEST) -> Split:
-    n_test = test_size(machine, max_normal_test)
+    n_test = normal_test_count(machine, max_normal_test)
     if n_test < 1:
         raise ConfigError(f"{machine.name}: needs at least 2 normal and 1 abnormal clip, "
                           f"has {len(machine.normal)} and {len(machine.abnormal)}")

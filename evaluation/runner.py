@@ -11,7 +11,7 @@ import numpy as np
 from evaluation.cache import FeatureCache
 from evaluation.datasets import MachineClips
 from evaluation.methods import Method
-from evaluation.protocol import PAPER_NORMAL_TEST, roc_auc, split, test_size
+from evaluation.protocol import PAPER_NORMAL_TEST, roc_auc, split, normal_test_count
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def run_protocol(machines: list[MachineClips], methods: list[Method], seeds: lis
                  max_normal_test: int = PAPER_NORMAL_TEST, progress: Callable[[str], None] = log.info
                  ) -> list[Result]:
     for machine in machines:
-        n = test_size(machine, max_normal_test)
+        n = normal_test_count(machine, max_normal_test)
         if n < max_normal_test:
             progress(f"{machine.name}: {n} normal + {n} abnormal test clips per seed (fewer than {max_normal_test}: "
                      f"the data hold {len(machine.normal)} normal and {len(machine.abnormal)} abnormal clips)")
