@@ -179,8 +179,9 @@ def _threshold_on_heldout(patch_scores: list[np.ndarray], held: np.ndarray, fals
 def _threshold_warnings(threshold: Threshold, detector: str) -> list[str]:
     if threshold.governed_by != "ceiling":
         return []
-    message = (f"the {detector} detector's scores saturate below the threshold that {threshold.target_false_alarms_per_day:.3g}"
-               f" false alarms per day would need; the threshold is set halfway between the held-out maximum and "
+    rate = threshold.target_false_alarms_per_day
+    message = (f"the {detector} detector's scores saturate below the threshold that {rate:.3g} false alarms per day "
+               "would need; the threshold is set halfway between the held-out maximum and "
                "the saturation. Its false-alarm rate cannot be predicted (a Gaussian tail, blind to the saturation, "
                f"says {threshold.expected_false_alarms_per_day:.2g} per day); the gmm detector does not saturate")
     log.warning("%s", message)
