@@ -68,6 +68,13 @@ def per_seed_csv(results: list[Result]) -> str:
     return out.getvalue()
 
 
+def read_per_seed_csv(path: pathlib.Path) -> list[Result]:
+    """Results back from an auc_per_seed.csv (AUCs and counts; no clip scores), to put several runs in one table."""
+    with open(path, newline="") as f:
+        return [Result(row["method"], row["machine"], int(row["seed"]), float(row["auc"]), int(row["train_clips"]),
+                       int(row["test_normal_clips"]), np.empty(0), np.empty(0)) for row in csv.DictReader(f)]
+
+
 def auc_bars_png(results: list[Result], path: pathlib.Path, title: str) -> None:
     import matplotlib
 

@@ -14,7 +14,7 @@ from evaluation.features import cnn_source, logmel_source
 from evaluation.logmel_gmm import LogMelGmm, patch_means
 from evaluation.methods import DetectorMethod
 from evaluation.protocol import roc_auc, split, normal_test_count
-from evaluation.report import markdown_table, summarise
+from evaluation.report import markdown_table, per_seed_csv, read_per_seed_csv, summarise
 from evaluation.runner import run_protocol
 
 from agent.spec import FrontEndParams
@@ -144,7 +144,7 @@ def test_unreadable_clip_names_the_file(tiny_dataset, tmp_path):
         run_protocol(find_machines(copy), [LogMelGmm(logmel_source())], [0], FeatureCache(None))
 
 
-def test_report_marks_the_best_and_averages_per_seed(tiny_dataset):
+def test_report_marks_the_best_and_averages_per_seed(tiny_dataset, tmp_path):
     machines = find_machines(tiny_dataset)
     results = run_protocol(machines, [LogMelGmm(logmel_source()), LogMelGmm(logmel_source(), components=2)],
                            [0, 1], FeatureCache(None))
@@ -157,6 +157,9 @@ def test_report_marks_the_best_and_averages_per_seed(tiny_dataset):
     best = max(methods, key=lambda m: cells[(m, "mean")][0])
     best_row = next(line for line in table.splitlines() if line.startswith(f"| {best} |"))
     assert best_row.rstrip(" |").endswith("**")
+    saved = tmp_path / "auc_per_seed.csv"
+    saved.write_text(per_seed_csv(results))
+    assert markdown_table(read_per_seed_csv(saved)) == table  # runs can be merged from their CSVs
 
 
 def test_cli_writes_table_csv_and_figure(tiny_dataset, tmp_path, capsys):
