@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # per-machine selection"); kept whenever no candidate beats it by at least DEFAULT_MARGIN mean AUC.
 DEFAULT_CANDIDATE = "fusion"
 DEFAULT_MARGIN = 0.01
+# `humwatch calibrate --preset NAME`: "auto" chooses among every candidate; a candidate's name fits that one alone
+# ("paper" is the reproducible configuration of Müller et al. 2020).
+PRESETS = {"auto": tuple(CANDIDATES), **{name: (name,) for name in CANDIDATES}}
 # Faulted windows per calibration: every fault of the default grid (5 kinds x 3 strengths) twice.
 MAX_FAULT_CLIPS = 30
 # Samples of one window: WINDOW_PATCHES patches of PATCH_FRAMES frames, hop PATCH_HOP_FRAMES (~9.7 s).

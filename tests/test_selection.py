@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from agent.audio import read_wav
 from agent.bundle import Bundle, write_bundle
@@ -26,6 +27,13 @@ def louder(samples: np.ndarray) -> np.ndarray:
 
 
 GAIN = [Injection("gain", louder)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_blas_thread():
+    """As calibrate runs: on a busy machine BLAS threads make the many small fits several times slower."""
+    with threadpool_limits(1):
+        yield
 
 
 @pytest.fixture(scope="module")
