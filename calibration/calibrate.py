@@ -268,7 +268,7 @@ def _spectrogram_excerpt(blocks: list[Block]) -> tuple[np.ndarray, str]:
         if total >= limit:
             break
         pieces.append(block.samples[: limit - total])
-        used.append(Path(block.source).name if block.start_s == 0 else block.name)
+        used.append(Path(block.source).name if block.whole_source else block.name)
         total += len(pieces[-1])
     seconds = total / SAMPLE_RATE
     title = f"calibration audio, first {seconds:.0f} s: {used[0]}" + (f" … {used[-1]}" if len(used) > 1 else "")

@@ -98,6 +98,8 @@ def _bundle_path(out: pathlib.Path | None, config, machine: str) -> pathlib.Path
     if config is not None:
         return config.model.bundle
     if machine:
+        if "/" in machine or machine.startswith("."):
+            raise ConfigError(f"--machine {machine!r}: a machine name has no '/' and does not start with '.'")
         return STATE_DIR / machine / "bundle"
     raise ConfigError("where should the bundle go? give --out BUNDLE_DIR, --config FILE or --machine NAME")
 

@@ -44,6 +44,7 @@ class Block:
     source: str
     start_s: float
     samples: np.ndarray
+    whole_source: bool = False  # the block is all of its source (a short file)
 
     @property
     def seconds(self) -> float:
@@ -52,7 +53,7 @@ class Block:
     @property
     def name(self) -> str:
         """Where the block is, for messages: the file, plus the time span when it is part of a longer source."""
-        if self.start_s == 0 and self.source.endswith(".wav"):
+        if self.whole_source:
             return self.source
         return f"{self.source} {_mmss(self.start_s)}–{_mmss(self.start_s + self.seconds)}"
 
@@ -90,7 +91,7 @@ def split_blocks(source: str, samples: np.ndarray, block_seconds: float = BLOCK_
     if len(starts) > 1 and len(samples) - starts[-1] < size // 2:
         starts.pop()
     ends = starts[1:] + [len(samples)]
-    return [Block(source, s / SAMPLE_RATE, samples[s:e]) for s, e in zip(starts, ends)]
+    return [Block(source, s / SAMPLE_RATE, samples[s:e], whole_source=len(starts) == 1) for s, e in zip(starts, ends)]
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,9 @@ def test_a_long_recording_is_cut_into_blocks_and_named_by_time():
     blocks = split_blocks("recording", np.zeros(65 * SAMPLE_RATE, np.float32))
     assert [b.seconds for b in blocks] == [20.0, 20.0, 25.0]
     assert blocks[2].name == "recording 00:40–01:05"
+    assert split_blocks("a.wav", np.zeros(10 * SAMPLE_RATE))[0].name == "a.wav"
+    assert [b.name for b in split_blocks("long.wav", np.zeros(45 * SAMPLE_RATE))] == ["long.wav 00:00–00:20",
+                                                                                    "long.wav 00:20–00:45"]
     silent = Block("recording", 40.0, np.zeros(SAMPLE_RATE, np.float32))
     with pytest.raises(AudioError, match="recording 00:40–00:41: silent"):
         survey([silent])
@@ -329,8 +332,8 @@ def test_calibrate_records_the_configured_device_and_writes_the_configured_bundl
     code = humwatch(["calibrate", "--config", str(config), "--model", str(squeezenet_int8), "--record", "4"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    # the last meter line shows the machine's level
-    assert re.search(r"\rrecording 04:00 / 04:00  level -4[01] dBFS ▮▮▮?▯+\n", captured.err)
+    # the last meter line shows the level of the machine (about -40 dBFS; 0.1 s chunks vary by a few dB)
+    assert re.search(r"\rrecording 04:00 / 04:00  level -(3[5-9]|4[0-5]) dBFS ▮▮▮?▯+\n", captured.err)
     bundle = Bundle.load(tmp_path / "state" / "bundle")
     assert bundle.machine == "fan1"
     stats = bundle.manifest["calibration"]
