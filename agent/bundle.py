@@ -142,6 +142,8 @@ def write_bundle(link: str | os.PathLike, manifest: dict, fill: Callable[[pathli
     link = pathlib.Path(link)
     versions = _versions_dir(link)
     versions.mkdir(parents=True, exist_ok=True)
+    for leftover in versions.glob(".*.partial"):  # from a calibration killed mid-write
+        shutil.rmtree(leftover, ignore_errors=True)
     _adopt_plain_directory(link, versions)
     bundle_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     staging = versions / f".{bundle_id}.partial"

@@ -87,6 +87,12 @@ def test_interrupted_write_leaves_the_bundle_in_use_untouched(tmp_path, frame_de
     assert [p.name for p in (tmp_path / "bundle.versions").iterdir()] == [first.name]
 
 
+def test_a_partial_version_left_by_a_killed_calibration_is_cleared(tmp_path, frame_detector):
+    (tmp_path / "bundle.versions" / ".20260101T000000Z-abcdef.partial").mkdir(parents=True)
+    version = write(tmp_path / "bundle", frame_detector)
+    assert [p.name for p in (tmp_path / "bundle.versions").iterdir()] == [version.name]
+
+
 def test_a_bundle_the_agent_would_refuse_is_never_written(tmp_path, frame_detector):
     with pytest.raises(ModelError, match="threshold"):
         write(tmp_path / "bundle", frame_detector, threshold={"high": 1.0, "low": 2.0})
