@@ -16,18 +16,19 @@ from math import gcd
 from typing import Protocol
 
 import numpy as np
-from scipy.signal import firwin
 
-from agent.audio import Channel, read_wav, to_mono_16k
 from agent.errors import AudioError
 from agent.spec import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
+Channel = int | str  # a channel index, or "mean" of all channels
+
 FRAMES_PER_BUFFER = 1024  # frames PortAudio hands the callback at a time (64 ms at 16 kHz)
 RING_SECONDS = 4.0  # audio the ring buffer holds before it drops (the analysis loop has fallen that far behind)
 FILE_CHUNK = 4096  # samples per chunk of a replayed file (0.256 s)
 _READ_TIMEOUT = 0.25  # how often a waiting reader looks at the stop event
+CLOSE_TIMEOUT = 2.0  # seconds closing the device may take before it is given up on
 
 
 class AudioSource(Protocol):
@@ -51,7 +52,7 @@ class StreamResampler:
         divisor = gcd(int(rate), int(target))
         self.up, self.down = target // divisor, int(rate) // divisor
         half = 10 * max(self.up, self.down)
-        taps = firwin(2 * half + 1, 1.0 / max(self.up, self.down), window=("kaiser", 5.0)) * self.up
+        taps = _lowpass(2 * half + 1, 1.0 / max(self.up, self.down)) * self.up
         self._offset = half  # output j reads the zero-stuffed input around j*down + half
         n_tail = -(-len(taps) // self.up)
         # Polyphase form: phase p holds taps p, p+up, p+2up, ... applied to x[i], x[i-1], x[i-2], ...
@@ -80,6 +81,20 @@ class StreamResampler:
         self._history = buffer[-keep:]
         self._first = end - keep
         return result
+
+
+def _lowpass(n_taps: int, cutoff: float) -> np.ndarray:
+    """scipy.signal.firwin(n_taps, cutoff, window=("kaiser", 5.0)) in numpy: importing scipy.signal on the board
+    would cost about 50 MB of memory for this one filter."""
+    taps = cutoff * np.sinc(cutoff * (np.arange(n_taps) - (n_taps - 1) / 2)) * np.kaiser(n_taps, 5.0)
+    return taps / taps.sum()
+
+
+def int16_to_mono(frames: np.ndarray, channel: Channel) -> np.ndarray:
+    """int16 frames (n, channels) → float32 mono in [-1, 1], one channel or the mean of all (as agent.audio's
+    to_mono_16k converts, without loading its scipy resampler, which live capture does not use)."""
+    picked = frames.mean(axis=1) if channel == "mean" else frames[:, channel]
+    return (picked / 32768.0).astype(np.float32)
 
 
 class _Ring:
@@ -207,7 +222,7 @@ class DeviceSource:
                         raise AudioError(f"audio device {self._name!r}: the input stream stopped")
                     continue
                 # Format and channel here; the rate by the resampler, which carries its state across chunks.
-                mono = to_mono_16k(frames, SAMPLE_RATE, self.channel)
+                mono = int16_to_mono(frames, self.channel)
                 chunk = resampler.push(mono) if resampler else mono
                 if len(chunk):
                     yield chunk
@@ -215,16 +230,29 @@ class DeviceSource:
             self.close()
 
     def close(self) -> None:
-        if self._stream is not None:
+        """Stop capturing. PortAudio waits for a device read in progress, which a hung device never finishes, so
+        the wait is bounded: the agent must still stop (and publish `offline`) with a dead microphone."""
+        stream, pa = self._stream, self._pa
+        self._stream = self._pa = None
+        if stream is None and pa is None:
+            return
+
+        def release() -> None:
             try:
-                self._stream.stop_stream()
-                self._stream.close()
+                if stream is not None:
+                    stream.stop_stream()
+                    stream.close()
+                if pa is not None:
+                    pa.terminate()
             except OSError as exc:
                 log.warning("closing the audio stream: %s", exc)
-            self._stream = None
-        if self._pa is not None:
-            self._pa.terminate()
-            self._pa = None
+
+        closer = threading.Thread(target=release, name="audio-close", daemon=True)
+        closer.start()
+        closer.join(CLOSE_TIMEOUT)
+        if closer.is_alive():
+            log.warning("the audio device %r did not stop within %.0f s (it delivers nothing); leaving it",
+                        self._name, CLOSE_TIMEOUT)
 
 
 class WavFileSource:
@@ -235,6 +263,8 @@ class WavFileSource:
         self.realtime = realtime
         self.stop = stop
         self.overflows = 0  # a file never overflows; kept for the common interface
+        from agent.audio import read_wav  # scipy's WAV reader and resampler: loaded only to replay a file
+
         self._samples = read_wav(self.path, channel)
 
     def describe(self) -> str:

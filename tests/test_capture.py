@@ -63,6 +63,7 @@ def test_portaudio_overflow_flag_is_counted_not_fatal(alsa_device):
     import pyaudio
 
     device = alsa_device()
+    device.play(np.zeros(16000, np.int16))
     source = DeviceSource(threading.Event(), device=device.name)
     source.open()
     try:

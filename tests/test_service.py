@@ -216,6 +216,22 @@ def test_fault_alarm_end_to_end_with_systemd_notify_and_clean_stop(
                         r"overflows \d+; mqtt connected", line) for line in notify.lines), notify.lines
 
 
+def test_stalled_device_is_a_sensor_fault_and_does_not_block_the_stop(
+        alsa_device, mosquitto, subscribe, agents, agent_bundle, normal_clip):
+    device = alsa_device(speed=SPEED)
+    device.play(back_and_forth(normal_clip, 300.0))
+    subscriber = subscribe(["humwatch/pump1/alarm", "humwatch/pump1/status"])
+    agent = agents(device.env, agent_bundle.path, mosquitto, sensor={"stall_seconds": 2.0}).start()
+    agent.wait_log("listening to device", timeout=60)
+    device.pause()  # the device delivers nothing more: a hung driver or a pulled USB microphone
+    subscriber.wait_for(lambda msgs: any(m.topic.endswith("/alarm") for m in msgs), timeout=60)
+    assert agent.terminate() == 0
+    fault = subscriber.on("humwatch/pump1/alarm")[0].json()
+    assert (fault["kind"], fault["event"]) == ("sensor_fault", "raised") and fault["reason"].startswith("stalled")
+    assert subscriber.on("humwatch/pump1/status")[-1].text == "offline"
+    assert "did not stop within" in agent.log()
+
+
 def test_broker_down_at_start_and_during_the_fault_alarm_arrives_exactly_once(
         alsa_device, mosquitto, subscribe, agents, agent_bundle, normal_clip, fault_clip):
     device = alsa_device(speed=SPEED)

@@ -62,6 +62,7 @@ class AlsaFileDevice:
         # Frames per write: PIPE_BUF (4096 bytes) of S16 frames, a multiple of the agent's 1024-frame requests.
         self.chunk_frames = select.PIPE_BUF // (2 * channels)
         self.played_frames = 0  # frames of queued audio written so far (silence not counted)
+        self._written: list[tuple[int, float]] = []  # (played_frames after a write, time.monotonic() of it)
         self._queue: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
         self._pending = np.empty((0, channels), np.int16)
         self._running = threading.Event()
@@ -87,6 +88,10 @@ class AlsaFileDevice:
     def wait_played(self, timeout: float) -> bool:
         """Wait until everything queued has been written into the device."""
         return self._drained.wait(timeout)
+
+    def written_at(self, frame: int) -> float | None:
+        """time.monotonic() when queued frame number `frame` went into the device, or None if not yet."""
+        return next((t for played, t in list(self._written) if played > frame), None)
 
     def pause(self) -> None:
         """Stop feeding anything: readers block, as on a hung device."""
@@ -127,6 +132,7 @@ class AlsaFileDevice:
                 return
             if audio:
                 self.played_frames += self.chunk_frames
+                self._written.append((self.played_frames, time.monotonic()))
             due = max(due + period, time.monotonic() - 0.5)  # after a long block, do not burst more than 0.5 s
             self._stop.wait(max(0.0, due - time.monotonic()))
 

@@ -1,0 +1,160 @@
+"""What the agent costs and how fast it alarms: SqueezeNet 1.1 int8, one TFLite thread.
+
+1. In process: the agent's `Pipeline` fed 1024-sample chunks (as the microphone delivers them) of normal sound;
+   CPU time per second of audio (real-time factor) and the share of it spent outside the TFLite invoke.
+2. `humwatch run` as a subprocess, listening in real time to an ALSA capture device (the test suite's `file`
+   plugin device) and publishing to a local mosquitto: peak RSS, its CPU per second of audio, and the time from
+   the fault's onset entering the device to the alarm arriving at an MQTT subscriber.
+
+Usage: python benchmarks/bench_agent.py [--model PATH_TO_int8.tflite] [--bundle DIR] [--seconds 120]
+Without --bundle, one is calibrated first (scikit-learn) on the shared DCASE normal clips with --model.
+Goals (issue 5): RTF <= 0.01, outside invoke <= 15 %, RSS <= 150 MB, alarm within one window (10 s) + 2 s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(name, "1")  # single thread, as on the board's analysis loop
+
+import numpy as np  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from agent.audio import read_wav  # noqa: E402
+from agent.bundle import Bundle  # noqa: E402
+from agent.capture import FRAMES_PER_BUFFER  # noqa: E402
+from agent.paths import default_model  # noqa: E402
+from agent.pipeline import Pipeline  # noqa: E402
+from agent.spec import SAMPLE_RATE  # noqa: E402
+from tests.plugins.broker import Mosquitto, Subscriber  # noqa: E402
+from tests.plugins.sound import AlsaFileDevice  # noqa: E402
+
+DCASE = REPO.parent / "shared" / "audio" / "dcase2020-id00"
+FAULT_ONSET = 30.0
+ALARM_GOAL = 10.0 + 2.0
+
+
+def back_and_forth(clip: np.ndarray, seconds: float) -> np.ndarray:
+    """Continuous sound from one clip (forwards, backwards, ...): no splice for the detector to flag."""
+    n = int(seconds * SAMPLE_RATE)
+    return np.tile(np.concatenate([clip, clip[::-1]]), -(-n // (2 * len(clip))))[:n]
+
+
+def calibrated_bundle(model: pathlib.Path, directory: pathlib.Path) -> pathlib.Path:
+    from calibration.calibrate import calibrate
+    from calibration.collect import wav_blocks
+
+    link = directory / "bundle"
+    calibrate(wav_blocks([DCASE / "train"]), model, link, machine="bench", report=False)
+    return link
+
+
+def in_process(bundle: pathlib.Path, audio: np.ndarray) -> None:
+    pipeline = Pipeline(Bundle.load(bundle), num_threads=1)
+    interpreter = pipeline.scorer.extractor.interpreter
+    invoke = interpreter.invoke
+    spent = {"invoke": 0.0, "calls": 0}
+
+    def timed_invoke() -> None:
+        start = time.thread_time()
+        invoke()
+        spent["invoke"] += time.thread_time() - start
+        spent["calls"] += 1
+
+    interpreter.invoke = timed_invoke
+    pipeline.push(audio[: SAMPLE_RATE * 12])  # warm up: first invokes, caches
+    pipeline.reset()
+    spent.update(invoke=0.0, calls=0)
+    start_cpu, start_wall = time.thread_time(), time.perf_counter()
+    patches = 0
+    for i in range(0, len(audio), FRAMES_PER_BUFFER):
+        patches += len(pipeline.push(audio[i: i + FRAMES_PER_BUFFER]))
+    cpu, wall = time.thread_time() - start_cpu, time.perf_counter() - start_wall
+    seconds = len(audio) / SAMPLE_RATE
+    print(f"in process: {seconds:.0f} s of audio, {patches} patches, {spent['calls']} invokes")
+    print(f"  CPU {cpu:.3f} s -> real-time factor {cpu / seconds:.4f} (goal <= 0.01); wall {wall:.3f} s")
+    print(f"  TFLite invoke {spent['invoke']:.3f} s ({spent['invoke'] / spent['calls'] * 1e3:.2f} ms per patch); "
+          f"outside invoke {(cpu - spent['invoke']) / cpu:.1%} of the CPU (goal <= 15%)")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc status")
+
+
+def live_agent(bundle: pathlib.Path, normal: np.ndarray, fault: np.ndarray, work: pathlib.Path) -> None:
+    broker = Mosquitto(work / "mosquitto")
+    broker.start()
+    device = AlsaFileDevice(work, speed=1.0)
+    subscriber = Subscriber(broker, ["humwatch/bench/alarm"])
+    config = work / "humwatch.toml"
+    config.write_text(f'[machine]\nname = "bench"\n[model]\nbundle = "{bundle}"\n[audio]\ndevice = "{device.name}"\n'
+                      f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n[state]\ndir = "{work / "state"}"\n')
+    audio = np.concatenate([back_and_forth(normal, FAULT_ONSET), back_and_forth(fault, 15.0),
+                            back_and_forth(normal, 5.0)])
+    device.play(audio)
+    log = open(work / "agent.log", "w")
+    agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config)], cwd=REPO,
+                             env={**device.env, "PYTHONPATH": str(REPO)}, stdout=log, stderr=log)
+    try:
+        onset_frame = int(FAULT_ONSET * SAMPLE_RATE)
+        while device.written_at(int(10 * SAMPLE_RATE)) is None:  # startup and the first 10 s, drained
+            time.sleep(0.1)
+        cpu_start, wall_start = proc_cpu_seconds(agent.pid), time.monotonic()
+        received = subscriber.wait_for(lambda msgs: len(msgs) >= 1, timeout=FAULT_ONSET + 60)
+        arrived = time.monotonic()
+        cpu, wall = proc_cpu_seconds(agent.pid) - cpu_start, arrived - wall_start
+        rss = peak_rss_mb(agent.pid)
+        event = received[0].json()
+        onset = device.written_at(onset_frame)
+        print(f"live agent (real time, ALSA device, mosquitto): peak RSS {rss:.1f} MB (goal <= 150 MB)")
+        print(f"  agent CPU {cpu:.2f} s over {wall:.1f} s of live audio -> {cpu / wall:.4f} s per s of audio "
+              "(whole process: capture, front end, TFLite, detector, MQTT)")
+        print(f"  fault onset -> alarm at the subscriber: {arrived - onset:.2f} s (goal <= {ALARM_GOAL:.0f} s); "
+              f"decided at {event['audio_time'] - FAULT_ONSET:.2f} s of audio after onset, "
+              f"window score {event['window_score']:.3g} > threshold {event['threshold']:.3g}")
+    finally:
+        agent.terminate()
+        agent.wait(30)
+        log.close()
+        subscriber.close()
+        device.close()
+        broker.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=pathlib.Path, default=default_model("int8"))
+    parser.add_argument("--bundle", type=pathlib.Path, help="a calibrated bundle (default: calibrate one)")
+    parser.add_argument("--seconds", type=float, default=120.0, help="audio for the in-process measurement")
+    args = parser.parse_args()
+    normal = read_wav(DCASE / "train" / "normal_id_00_00000000.wav")
+    fault = read_wav(DCASE / "test" / "anomaly_id_00_00000000.wav")
+    with tempfile.TemporaryDirectory(prefix="bench-agent-") as scratch:
+        work = pathlib.Path(scratch)
+        bundle = args.bundle or calibrated_bundle(args.model, work)
+        info = Bundle.load(bundle)
+        print(f"bundle {info.id}: {json.dumps(info.model_ids)}, extractor "
+              f"{info.manifest.get('extractor', {}).get('source')}, threshold {info.threshold_high:.3g}")
+        in_process(bundle, back_and_forth(normal, args.seconds))
+        live_agent(bundle, normal, fault, work)
+
+
+if __name__ == "__main__":
+    main()
