@@ -7,8 +7,10 @@ fell behind) are counted and logged, never fatal: a monitoring agent must keep l
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -83,6 +85,24 @@ class StreamResampler:
         return result
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Send file descriptor 2 to /dev/null for a moment (C libraries write there directly), unless debugging."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def _lowpass(n_taps: int, cutoff: float) -> np.ndarray:
     """scipy.signal.firwin(n_taps, cutoff, window=("kaiser", 5.0)) in numpy: importing scipy.signal on the board
     would cost about 50 MB of memory for this one filter."""
@@ -155,7 +175,8 @@ class DeviceSource:
         import pyaudio  # the board's only audio dependency, loaded when a device is actually used
 
         self._flags = (pyaudio.paInputOverflow, pyaudio.paContinue, pyaudio.paComplete)
-        self._pa = pyaudio.PyAudio()
+        with _quiet_stderr():  # PortAudio probing every ALSA/JACK device prints dozens of harmless errors
+            self._pa = pyaudio.PyAudio()
         try:
             index = self._resolve(self._pa)
             self._name = self._pa.get_device_info_by_index(index)["name"]
