@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
+from agent.durable import fsync_directory
 from agent.errors import ModelError
 from agent.spec import SCHEMA_VERSION, WINDOW_PATCHES, FrontEndParams
 
@@ -160,10 +161,10 @@ def write_bundle(link: str | os.PathLike, manifest: dict, fill: Callable[[pathli
         (staging / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
         Bundle._from_manifest(staging, staging / MANIFEST, full)  # never publish a bundle the agent would refuse
         for item in staging.iterdir():
-            _fsync(item)
+            _fsync_file(item)
         final = versions / bundle_id
         os.rename(staging, final)
-        _fsync(versions)
+        fsync_directory(versions)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -207,7 +208,7 @@ def _point(link: pathlib.Path, target: pathlib.Path) -> None:
     temporary = link.with_name(f".{link.name}.{uuid.uuid4().hex[:6]}.link")
     os.symlink(os.path.relpath(target, link.parent), temporary)
     os.replace(temporary, link)
-    _fsync(link.parent)
+    fsync_directory(link.parent)
 
 
 def _prune(versions: pathlib.Path, keep: set[str]) -> None:
@@ -218,9 +219,6 @@ def _prune(versions: pathlib.Path, keep: set[str]) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _fsync(path: pathlib.Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _fsync_file(path: pathlib.Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())

@@ -6,13 +6,13 @@ its features would silently mean something else.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from agent import spec
+from agent.durable import file_sha256
 from agent.errors import ModelError
 from agent.runtime import load_interpreter
 
@@ -43,14 +43,6 @@ def read_sidecar(model_path: str | Path) -> dict:
     if not isinstance(info.get("feature_dim"), int):
         raise ModelError(f"{path}: sidecar field 'feature_dim' missing or not an integer")
     return info
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Extractor:

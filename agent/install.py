@@ -16,11 +16,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from typing import Callable
 
+from agent.durable import write_atomic
 from agent.errors import ConfigError
 
 USER = "humwatch"
@@ -157,22 +157,6 @@ def packaged(name: str) -> str:
     return resources.files("agent").joinpath(name).read_text(encoding="utf-8")
 
 
-def write_atomic(path: pathlib.Path, text: str, mode: int) -> None:
-    """Write through a temporary file in the same directory, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fchmod(out.fileno(), mode)
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def command(*argv: str) -> Action:
     def apply() -> None:
         done = subprocess.run(argv, capture_output=True, text=True)
@@ -212,7 +196,7 @@ def install_plan(instance: str, target: Target, executable: pathlib.Path, versio
     backoff = ("growing restart delays" if version is not None and version >= BACKOFF_SYSTEMD
                else f"fixed restart delay: growing delays need systemd >= {BACKOFF_SYSTEMD}, this is {version}")
     actions.append(Action(f"write {target.unit} (ExecStart={executable} run ...; {backoff})",
-                          lambda: write_atomic(target.unit, unit_text, 0o644)))
+                          lambda: write_atomic(target.unit, unit_text.encode(), 0o644)))
     config = target.config(instance)
     if config.exists():
         actions.append(Action(f"keep the existing {config}", lambda: None))
@@ -220,7 +204,7 @@ def install_plan(instance: str, target: Target, executable: pathlib.Path, versio
         group = USER if live else None
 
         def write_config() -> None:
-            write_atomic(config, config_text, 0o640)
+            write_atomic(config, config_text.encode(), 0o640)
             if group:
                 shutil.chown(config, None, group)
         actions.append(Action(f"write {config} from {config_origin} (mode 0640 root:{group or 'root'})",

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from agent.durable import fsync_directory
 from agent.errors import ConfigError
 from agent.spec import SCHEMA_VERSION
 
@@ -52,7 +53,7 @@ class Outbox:
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"outbox {self.path}: cannot be opened as an alarm outbox ({exc})") from None
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_directory(self.path.parent)
 
     def _prepare(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -102,12 +103,3 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-    """Make a newly created file's directory entry durable, so the outbox itself survives a power cut."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -13,14 +13,12 @@ and per kind (k components, m support vectors, n training points, p = projected 
 """
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.special import digamma
 
+from agent.durable import write_atomic
 from agent.errors import ModelError
 from agent.spec import SCHEMA_VERSION
 
@@ -47,23 +45,8 @@ def detector_arrays(fitted: "FittedDetector") -> dict[str, np.ndarray]:
 
 
 def write_npz_atomic(path, arrays: dict[str, np.ndarray]) -> None:
-    """Write arrays to `path` through a temporary file in the same directory, fsync'd, then renamed over it."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            np.savez(tmp, **arrays)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write arrays to `path` as an uncompressed .npz, atomically."""
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def _projection_arrays(pca) -> dict[str, np.ndarray]:

@@ -3,11 +3,11 @@ text file with the same summary."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from agent.durable import write_atomic
 from agent.spec import HOP_LENGTH, SAMPLE_RATE
 from calibration.threshold import Threshold
 
@@ -53,21 +53,8 @@ def write_report(report_dir: str | os.PathLike, summary_lines: list[str], thresh
                  wrap=True)
     figure.tight_layout()
     png = folder / PNG_NAME
-    _write_atomic(png, lambda f: figure.savefig(f, format="png", dpi=90))
+    write_atomic(png, lambda f: figure.savefig(f, format="png", dpi=90))
     plt.close(figure)
     text = folder / TEXT_NAME
-    _write_atomic(text, lambda f: f.write(("\n".join(summary_lines) + "\n").encode()))
+    write_atomic(text, lambda f: f.write(("\n".join(summary_lines) + "\n").encode()))
     return png, text
-
-
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

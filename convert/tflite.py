@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from importlib import metadata
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from agent import spec
+from agent.durable import write_atomic
 from agent.extractor import sidecar_path
 
 log = logging.getLogger(__name__)
@@ -113,24 +113,10 @@ def sidecar(content: bytes, *, architecture: str, precision: str, weights: dict,
     }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # the agent may run as another user
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_extractor(path: Path, content: bytes, info: dict) -> Path:
     """Write the model and then its sidecar, each atomically (a reader never sees a half-written file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, content)
-    _write_atomic(sidecar_path(path), (json.dumps(info, indent=2) + "\n").encode())
+    write_atomic(path, content, mode=0o644)  # 0644: the agent may run as another user
+    write_atomic(sidecar_path(path), (json.dumps(info, indent=2) + "\n").encode(), mode=0o644)
     log.info("wrote %s (%.2f MB)", path, len(content) / 1e6)
     return path

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.errors import ModelError
-from agent.extractor import file_sha256
+from agent.durable import file_sha256
 from convert.backbones import ARCHITECTURES, expected_shapes
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ import pytest
 from agent import spec
 from agent.audio import read_wav
 from agent.errors import ModelError
-from agent.extractor import Extractor, file_sha256
+from agent.durable import file_sha256
+from agent.extractor import Extractor
 from agent.frontend import clip_patches
 from agent.runtime import load_interpreter
 from convert import backbones, representative, tflite, weights

@@ -14,7 +14,8 @@ import pytest
 from agent import spec
 from agent.audio import read_wav
 from agent.errors import ModelError
-from agent.extractor import Extractor, file_sha256, sidecar_path
+from agent.durable import file_sha256
+from agent.extractor import Extractor, sidecar_path
 from agent.frontend import clip_patches
 from agent.runtime import load_interpreter, runtime_name
 from convert.verify import row_cosines

@@ -1,0 +1,54 @@
+"""Durable files: a file appears whole under its name or not at all, and stays after a power cut.
+
+Every file humwatch writes (models, detectors, bundles, reports, configs, datasets) goes through `write_atomic`:
+a temporary file in the same directory, fsync'd, renamed over the target, and the directory entry fsync'd.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object] | bytes,
+                 mode: int | None = None) -> Path:
+    """Write `path` through a temporary sibling; `write` is the bytes or a function given the open binary file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(write, (bytes, bytearray)):
+                out.write(write)
+            else:
+                write(out)
+            out.flush()
+            if mode is not None:
+                os.fchmod(out.fileno(), mode)
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+    return path
+
+
+def fsync_directory(path: str | os.PathLike) -> None:
+    """Make a directory's entries (a created, renamed or removed file) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
