@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import pathlib
 import queue
 import signal
 import threading
 import time
 
-import numpy as np
+# One BLAS thread, set before numpy loads: the analysis loop is one thread by design, and OpenBLAS's worker threads
+# stall the many small matrix products of the Mel projection and the detectors on a busy board.
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import numpy as np  # noqa: E402
 
 from agent.alarm import AlarmPolicy, ChunkStats, SensorEvent, SensorHealth
 from agent.bundle import Bundle
