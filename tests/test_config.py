@@ -134,3 +134,9 @@ def test_check_config_command(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 2 and "model.threads" in lines[0] and "alarm.clear_after" in lines[1]
+
+
+def test_the_shipped_example_config_is_valid():
+    example = pathlib.Path(__file__).resolve().parents[1] / "agent" / "humwatch.example.toml"
+    config = load_config(example)
+    assert config.alarm == AlarmConfig() and config.sensor == SensorConfig()
