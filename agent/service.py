@@ -302,6 +302,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload while starting must not kill the agent
     config = load_config(args.config)
     agent = Agent(config)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
