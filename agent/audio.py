@@ -1,4 +1,8 @@
-"""Reading WAV files and converting any sample format, rate or channel layout to 16 kHz mono float32."""
+"""Reading WAV files and converting any sample format, rate or channel layout to 16 kHz mono float32.
+
+scipy's WAV reader and resampler are imported where they are used: the agent's live capture only needs `to_mono`,
+and each costs the board tens of MB.
+"""
 from __future__ import annotations
 
 import os
@@ -6,8 +10,6 @@ import warnings
 from math import gcd
 
 import numpy as np
-from scipy.io import wavfile
-from scipy.signal import resample_poly
 
 from agent.errors import AudioError
 from agent.spec import SAMPLE_RATE
@@ -17,6 +19,8 @@ Channel = int | str  # a channel index, or "mean" to average all channels
 
 def read_wav(path: str | os.PathLike, channel: Channel = 0) -> np.ndarray:
     """Read a WAV file (PCM 8/16/24/32-bit or float, any channel count and rate) as 16 kHz mono float32."""
+    from scipy.io import wavfile  # imported here: live capture needs only the conversions below
+
     name = os.fspath(path)
     try:
         with warnings.catch_warnings():
@@ -43,6 +47,20 @@ def read_wav(path: str | os.PathLike, channel: Channel = 0) -> np.ndarray:
 
 def to_mono_16k(samples: np.ndarray, rate: int, channel: Channel = 0) -> np.ndarray:
     """Convert samples shaped (n,) or (n, channels) in any WAV sample format to 16 kHz mono float32 in [-1, 1]."""
+    audio = to_mono(samples, channel)
+    if rate <= 0:
+        raise AudioError(f"invalid sample rate {rate}")
+    if rate != SAMPLE_RATE:
+        # imported here: scipy.signal costs the board about 50 MB, and live capture resamples by itself
+        from scipy.signal import resample_poly
+
+        divisor = gcd(int(rate), SAMPLE_RATE)
+        audio = resample_poly(audio, SAMPLE_RATE // divisor, int(rate) // divisor).astype(np.float32)
+    return audio
+
+
+def to_mono(samples: np.ndarray, channel: Channel = 0) -> np.ndarray:
+    """Samples (n,) or (n, channels) in any WAV sample format → mono float32 in [-1, 1], at the same rate."""
     audio = _as_float(samples)
     if audio.ndim == 2:
         audio = _pick_channel(audio, channel)
@@ -50,12 +68,7 @@ def to_mono_16k(samples: np.ndarray, rate: int, channel: Channel = 0) -> np.ndar
         raise AudioError(f"expected (samples,) or (samples, channels), got shape {samples.shape}")
     if not np.isfinite(audio).all():
         raise AudioError("contains NaN or infinite samples")
-    if rate <= 0:
-        raise AudioError(f"invalid sample rate {rate}")
-    if rate != SAMPLE_RATE:
-        divisor = gcd(int(rate), SAMPLE_RATE)
-        audio = resample_poly(audio, SAMPLE_RATE // divisor, int(rate) // divisor)
-    return np.asarray(audio, dtype=np.float32)
+    return audio.astype(np.float32)
 
 
 def _as_float(samples: np.ndarray) -> np.ndarray:

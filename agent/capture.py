@@ -19,12 +19,11 @@ from typing import Protocol
 
 import numpy as np
 
+from agent.audio import Channel, to_mono
 from agent.errors import AudioError
 from agent.spec import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
-
-Channel = int | str  # a channel index, or "mean" of all channels
 
 FRAMES_PER_BUFFER = 1024  # frames PortAudio hands the callback at a time (64 ms at 16 kHz)
 RING_SECONDS = 4.0  # audio the ring buffer holds before it drops (the analysis loop has fallen that far behind)
@@ -108,13 +107,6 @@ def _lowpass(n_taps: int, cutoff: float) -> np.ndarray:
     would cost about 50 MB of memory for this one filter."""
     taps = cutoff * np.sinc(cutoff * (np.arange(n_taps) - (n_taps - 1) / 2)) * np.kaiser(n_taps, 5.0)
     return taps / taps.sum()
-
-
-def int16_to_mono(frames: np.ndarray, channel: Channel) -> np.ndarray:
-    """int16 frames (n, channels) → float32 mono in [-1, 1], one channel or the mean of all (as agent.audio's
-    to_mono_16k converts, without loading its scipy resampler, which live capture does not use)."""
-    picked = frames.mean(axis=1) if channel == "mean" else frames[:, channel]
-    return (picked / 32768.0).astype(np.float32)
 
 
 class _Ring:
@@ -243,7 +235,7 @@ class DeviceSource:
                         raise AudioError(f"audio device {self._name!r}: the input stream stopped")
                     continue
                 # Format and channel here; the rate by the resampler, which carries its state across chunks.
-                mono = int16_to_mono(frames, self.channel)
+                mono = to_mono(frames, self.channel)
                 chunk = resampler.push(mono) if resampler else mono
                 if len(chunk):
                     yield chunk

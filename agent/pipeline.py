@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.bundle import Bundle
+from agent.errors import ModelError
 from agent.frontend import FrontEnd, PatchBatch
 from agent.scorers import Detector, load_detector
 from agent.spec import SAMPLE_RATE, logmel_extractor_sha256
@@ -29,6 +30,10 @@ class PatchScorer:
             from agent.extractor import Extractor  # loads the TFLite runtime only when a CNN is used
 
             self.extractor = Extractor(bundle.extractor_path, num_threads=num_threads)
+            if self.extractor.sha256 != bundle.extractor_sha256:
+                raise ModelError(f"{bundle.extractor_path}: sha256 {self.extractor.sha256[:12]} is not the extractor "
+                                 f"the bundle was calibrated with ({bundle.extractor_sha256[:12]}); recalibrate or "
+                                 "restore the model")
         self.detectors: list[Detector] = [
             load_detector(bundle.path / entry.file, extractor_sha256=bundle.extractor_sha256
                           if entry.feature_source == "cnn" else logmel_extractor_sha256())
