@@ -5,7 +5,7 @@ held-out threshold, report, bundle) on the first 60 shared DCASE normal clips (6
 per stage and the process's peak resident memory (with the resident memory just before calibrating, after the
 libraries are loaded, to separate the libraries' share).
 
-    python benchmarks/bench_calibration.py [--model squeezenet1_1-int8.tflite] [--clips 60] [--detector gmm]
+    python benchmarks/bench_calibration.py [--model squeezenet1_1-int8.tflite] [--clips 60] [--preset auto]
 
 Without --model (and no converted model in the default models folder) the model is converted first with
 `humwatch convert` into a temporary folder; that conversion is not timed.
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help=f"int8 SqueezeNet 1.1 extractor (default: {default_model('int8')})")
     parser.add_argument("--audio", type=Path, default=SHARED_CLIPS, help="folder of normal 10 s clips")
     parser.add_argument("--clips", type=int, default=60, help="clips used (60 x 10 s = 10 min)")
-    parser.add_argument("--detector", default="gmm", choices=("gmm", "ocsvm"))
+    parser.add_argument("--preset", default="auto", help="candidate pipelines (calibration.selection.PRESETS)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -66,12 +66,12 @@ def main() -> None:
         cpu_start = time.process_time()
         blocks = wav_blocks(clips)
         read_s = time.perf_counter() - start
-        result = calibrate(blocks, model, Path(scratch) / "bundle", detector=args.detector)
+        result = calibrate(blocks, model, Path(scratch) / "bundle", preset=args.preset)
         wall = time.perf_counter() - start
         cpu = time.process_time() - cpu_start
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    print(f"audio: {len(clips)} clips, {result.seconds / 60:.1f} min; model {model.name}; detector {args.detector}")
+    print(f"audio: {len(clips)} clips, {result.seconds / 60:.1f} min; model {model.name}; preset {args.preset}, chose {result.selection.chosen.name}")
     print(f"patches: {result.fit_patches} fitted, {result.heldout_patches} held out")
     print(f"wall time: {wall:.1f} s (CPU {cpu:.1f} s), real-time factor {wall / result.seconds:.3f}")
     stages = {"read_wav": read_s, **result.stage_seconds}

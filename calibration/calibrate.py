@@ -20,20 +20,20 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from agent.bundle import write_bundle
-from agent.errors import AudioError
+from agent.errors import AudioError, ConfigError
 from agent.extractor import Extractor
-from agent.frontend import clip_patches
 from agent.mel import mel_db
-from agent.scorers import Detector, load_detector, window_mean
+from agent.scorers import window_mean
 from agent.spec import PATCH_SECONDS, SAMPLE_RATE, WINDOW_PATCHES, FrontEndParams
 from calibration.collect import Block, survey
-from calibration.detectors import fit_detector
+from calibration.selection import PRESETS, Selection, choose_pipeline, prepare_clip
 from calibration.threshold import (DEFAULT_FALSE_ALARMS_PER_DAY, HELDOUT_EVERY, MIN_HELDOUT_WINDOWS, Threshold,
                                    choose_threshold, heldout_mask)
 
 log = logging.getLogger(__name__)
 
-DETECTOR_FILE = "detector.npz"
+# The default: choose per machine among every candidate pipeline (benchmarks/RESULTS.md, "Detection quality").
+DEFAULT_PRESET = "auto"
 MIN_FIT_PATCHES = 100
 SPECTROGRAM_SECONDS = 30.0
 
@@ -43,7 +43,7 @@ class Calibration:
     """What a calibration learned and measured; `summary_lines()` is the technician's text."""
 
     machine: str
-    detector: str
+    selection: Selection
     model_path: Path
     extractor_sha256: str
     threshold: Threshold
@@ -53,8 +53,6 @@ class Calibration:
     heldout_patches: int
     heldout_window_scores: np.ndarray
     fit_window_scores: np.ndarray
-    score_mean: float  # held-out patch score mean/std: the detector's scores are standardised by them
-    score_std: float
     warnings: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     bundle_dir: Path | None = None
@@ -63,7 +61,7 @@ class Calibration:
         """The calibration's statistics as stored in bundle.json."""
         held, fit = self.heldout_window_scores, self.fit_window_scores
         return {
-            "seconds": round(self.seconds, 3), "sources": self.sources, "detector": self.detector,
+            "seconds": round(self.seconds, 3), "sources": self.sources, "pipeline": self.selection.report(),
             "fit_patches": self.fit_patches, "heldout_patches": self.heldout_patches,
             "heldout_every": HELDOUT_EVERY, "heldout_window_scores": len(held),
             "heldout_score_median": float(np.median(held)), "heldout_score_max": float(held.max()),
@@ -79,7 +77,8 @@ class Calibration:
             f"audio used: {self.seconds / 60:.1f} min from {self.sources} source(s)",
             f"patches: {self.fit_patches} for fitting, {self.heldout_patches} held out "
             f"({t.heldout_windows} independent 10 s windows, {t.heldout_scores} window scores)",
-            f"detector: {self.detector} on {self.model_path.name} (sha256 {self.extractor_sha256[:12]})",
+            f"feature extractor: {self.model_path.name} (sha256 {self.extractor_sha256[:12]})",
+            *self.selection.summary_lines(),
             f"alarm threshold: {t.high:.4g}  clear threshold: {t.low:.4g}  (standardised window score)",
             f"threshold method: {t.method} tail fit, final value set by {t.governed_by}",
             f"target false alarms per day: {t.target_false_alarms_per_day:.4g}  expected at this threshold: "
@@ -94,10 +93,13 @@ class Calibration:
 
 
 def calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os.PathLike | None,
-              detector: str = "gmm", false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY,
+              preset: str = DEFAULT_PRESET, false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY,
               machine: str = "", report: bool = True, report_dir: str | os.PathLike | None = None,
               num_threads: int = 1) -> Calibration:
     """Calibrate from normal-sound blocks and write the bundle to `out` (a bundle link path; None: no bundle).
+
+    `preset` names the candidate pipelines (calibration.selection.PRESETS): "auto" chooses among all of them by
+    synthetic faults injected into held-out normal blocks; "paper" is Müller et al.'s GMM-80 on CNN features.
 
     The report (PNG + text) is kept inside the bundle, and copied to `report_dir` when given.
     Raises AudioError for unusable audio, ModelError for models; nothing is written then.
@@ -105,42 +107,38 @@ def calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os.
     scorer 4x slower on a busy 2-core machine (benchmarks/RESULTS.md, Calibration).
     """
     with threadpool_limits(limits=1):  # scikit-learn's own dependency
-        return _calibrate(blocks, model_path, out, detector, false_alarms_per_day, machine, report, report_dir,
+        return _calibrate(blocks, model_path, out, preset, false_alarms_per_day, machine, report, report_dir,
                           num_threads)
 
 
-def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os.PathLike | None, detector: str,
+def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os.PathLike | None, preset: str,
                false_alarms_per_day: float, machine: str, report: bool, report_dir: str | os.PathLike | None,
                num_threads: int) -> Calibration:
+    if preset not in PRESETS:
+        raise ConfigError(f"preset {preset!r}: choose one of {', '.join(PRESETS)}")
     clock = _StageClock()
     with clock("checks"):
         checked = survey(blocks)
     extractor = Extractor(model_path, num_threads=num_threads)
     params = FrontEndParams.from_dict(extractor.info["frontend"])
-    with clock("front_end"):
-        images = [clip_patches(block.samples, params).images for block in blocks]
-    held = heldout_mask([len(i) for i in images])
-    _require_enough(checked.seconds, images, held)
     with clock("features"):
-        log.info("embedding %d patches from %.1f min of audio", sum(map(len, images)), checked.seconds / 60)
-        features = []
-        for i in range(len(images)):
-            features.append(extractor.embed(images[i]))
-            images[i] = None  # the images of 10 min take 14 MB; from here only the features are needed
-    with clock("fit"):
-        fit_features = np.concatenate([f for f, h in zip(features, held) if not h])
-        fitted = fit_detector(detector, fit_features, extractor.sha256)
+        log.info("front end and CNN features of %.1f min of audio", checked.seconds / 60)
+        clips = [prepare_clip(block.samples, extractor, params) for block in blocks]
+    held = heldout_mask([len(c.db) for c in clips])
+    _require_enough(checked.seconds, [len(c.db) for c in clips], held)
+    with clock("fit_and_select"):
+        selection = choose_pipeline(clips, held, extractor.sha256, extractor, params, candidates=PRESETS[preset],
+                                    false_alarms_per_day=false_alarms_per_day)
     with tempfile.TemporaryDirectory(prefix="humwatch-calibrate-") as scratch:
-        detector_path = Path(scratch) / DETECTOR_FILE
         with clock("threshold"):
-            fitted.save(detector_path)
-            scorer = load_detector(detector_path, extractor_sha256=extractor.sha256)  # the board's own scorer
-            result = _threshold_on_heldout([scorer.score(f) for f in features], held, false_alarms_per_day,
-                                           _score_ceiling(scorer))
-        result.update(machine=machine, detector=detector, model_path=Path(model_path),
+            # the fitted detectors score through the board's own numpy scorers, as the agent's PatchScorer will
+            result = _threshold_on_heldout([selection.patch_scores(c) for c in clips], held, false_alarms_per_day,
+                                           _score_ceiling(selection))
+        result.update(machine=machine, selection=selection, model_path=Path(model_path),
                       extractor_sha256=extractor.sha256, seconds=checked.seconds,
                       sources=len({b.source for b in blocks}),
-                      warnings=checked.warnings + _threshold_warnings(result["threshold"], detector),
+                      warnings=checked.warnings + selection.warnings
+                      + _threshold_warnings(result["threshold"], selection.chosen.name),
                       stage_seconds=clock.seconds)
         calibration = Calibration(**result)
         with clock("report"):
@@ -148,7 +146,7 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
         if out is not None:
             with clock("bundle"):
                 calibration.bundle_dir = write_bundle(out, _manifest(calibration, extractor, params),
-                                                      _filler(detector_path, reports), extractor=model_path)
+                                                      _filler(selection, reports), extractor=model_path)
             log.info("bundle written to %s (now %s)", out, calibration.bundle_dir)
         if report_dir is not None:
             Path(report_dir).mkdir(parents=True, exist_ok=True)
@@ -159,20 +157,16 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
 
 def _threshold_on_heldout(patch_scores: list[np.ndarray], held: np.ndarray, false_alarms_per_day: float,
                           ceiling: float | None) -> dict:
-    """Standardise patch scores by the held-out ones, mean-pool them into windows within each block (as the agent
-    does on a stream), and choose the threshold from the held-out windows."""
-    held_patch = np.concatenate([s for s, h in zip(patch_scores, held) if h])
-    mean, std = float(held_patch.mean()), float(held_patch.std())
-    std = std if std > 0 else 1.0
-    windows = {part: np.concatenate([window_mean((s - mean) / std) for s, h in zip(patch_scores, held) if h == part]
+    """Mean-pool the bundle's (standardised, fused) patch scores into windows within each block, as the agent does
+    on a stream, and choose the threshold from the held-out windows."""
+    windows = {part: np.concatenate([window_mean(s) for s, h in zip(patch_scores, held) if h == part]
                                     or [np.empty(0)]) for part in (True, False)}
     independent = sum(len(s) // WINDOW_PATCHES for s, h in zip(patch_scores, held) if h)
-    threshold = choose_threshold(windows[True], independent, false_alarms_per_day,
-                                 None if ceiling is None else (ceiling - mean) / std)
+    threshold = choose_threshold(windows[True], independent, false_alarms_per_day, ceiling)
     log.info("threshold %.4g (clear %.4g) by %s for %.4g false alarms per day", threshold.high, threshold.low,
              threshold.governed_by, false_alarms_per_day)
     return {"threshold": threshold, "heldout_window_scores": windows[True], "fit_window_scores": windows[False],
-            "score_mean": mean, "score_std": std, "heldout_patches": len(held_patch),
+            "heldout_patches": int(sum(len(s) for s, h in zip(patch_scores, held) if h)),
             "fit_patches": int(sum(len(s) for s, h in zip(patch_scores, held) if not h))}
 
 
@@ -188,18 +182,25 @@ def _threshold_warnings(threshold: Threshold, detector: str) -> list[str]:
     return [message]
 
 
-def _score_ceiling(detector: Detector) -> float | None:
-    """The largest patch score a detector can give, or None if unbounded: an RBF OC-SVM scores
-    -(sum_i dual_i k(z, sv_i) + intercept) with dual_i >= 0 and 0 < k <= 1, so at most -intercept."""
-    if detector.kind == "ocsvm" and np.all(detector.scorer.dual_coef >= 0):
-        return -detector.scorer.intercept
-    return None
+def _score_ceiling(selection: Selection) -> float | None:
+    """The largest window score the chosen pipeline can give, or None if unbounded. An RBF OC-SVM scores
+    -(sum_i dual_i k(z, sv_i) + intercept) with dual_i >= 0 and 0 < k <= 1, so at most -intercept (standardised
+    here as the bundle standardises it); a GMM, or a fusion with one, is unbounded."""
+    ceilings = []
+    for part in selection.chosen.parts:
+        fitted = selection.fitted[part]
+        if fitted.kind != "ocsvm" or not np.all(fitted.board_detector.scorer.dual_coef >= 0):
+            return None
+        mean, std = selection.standardisation[part]
+        ceilings.append((-fitted.board_detector.scorer.intercept - mean) / std)
+    return max(ceilings) if ceilings else None
 
 
-def _filler(detector_path: Path, reports: list[Path]):
-    """What write_bundle calls to put the detector and the report into the new version directory."""
+def _filler(selection: Selection, reports: list[Path]):
+    """What write_bundle calls to put the detectors and the report into the new version directory."""
     def fill(directory: Path) -> None:
-        for path in [detector_path, *reports]:
+        selection.fill(directory)
+        for path in reports:
             shutil.copyfile(path, directory / path.name)
     return fill
 
@@ -227,9 +228,9 @@ def _render_report(result: Calibration, blocks: list[Block], folder: Path) -> li
                              result.fit_window_scores, spectrogram, title))
 
 
-def _require_enough(seconds: float, images: list[np.ndarray], held: np.ndarray) -> None:
+def _require_enough(seconds: float, patch_counts: list[int], held: np.ndarray) -> None:
     """Refuse audio too short for both a detector fit and enough held-out windows, saying how much is needed."""
-    counts = np.array([len(i) for i in images])
+    counts = np.array(patch_counts)
     heldout_windows = int(np.sum(counts[held] // WINDOW_PATCHES))
     fit_patches = int(counts[~held].sum())
     if heldout_windows >= MIN_HELDOUT_WINDOWS and fit_patches >= MIN_FIT_PATCHES:
@@ -249,9 +250,7 @@ def _manifest(result: Calibration, extractor: Extractor, params: FrontEndParams)
         "machine": result.machine,
         "frontend": params.to_dict(),
         "window_patches": WINDOW_PATCHES,
-        "fusion": "mean",
-        "detectors": [{"file": DETECTOR_FILE, "kind": result.detector, "feature_source": "cnn",
-                       "score_mean": result.score_mean, "score_std": result.score_std}],
+        **result.selection.manifest_fields(),
         "threshold": result.threshold.to_dict(),
         "extractor": {"sha256": extractor.sha256, "source": result.model_path.name,
                       "feature_dim": extractor.feature_dim,

@@ -16,7 +16,8 @@ from calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY
 log = logging.getLogger(__name__)
 
 STATE_DIR = pathlib.Path("/var/lib/humwatch")
-DETECTORS = ("gmm", "ocsvm")
+# --detector is the paper's choice of detector on CNN features: a shorthand for the presets that fit it alone.
+DETECTOR_PRESETS = {"gmm": "paper", "ocsvm": "cnn-ocsvm"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bundle path (default: the config's model.bundle, else "
                              f"{STATE_DIR}/<machine>/bundle)")
     parser.add_argument("--machine", metavar="NAME", help="machine name (default: the config's machine.name)")
-    parser.add_argument("--detector", choices=DETECTORS, default="gmm", help="detector fitted (default: gmm)")
+    from calibration.selection import PRESETS  # the names only; scikit-learn is already needed to calibrate
+
+    parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                        help="pipeline: 'auto' (default) chooses per machine among all candidates by synthetic "
+                             "faults injected into held-out normal sound; 'paper' is Müller et al.'s GMM-80 on "
+                             "CNN features; any other name fits that candidate alone")
+    parser.add_argument("--detector", choices=tuple(DETECTOR_PRESETS), default=None,
+                        help="fit only this detector on CNN features (gmm = --preset paper, ocsvm = --preset "
+                             "cnn-ocsvm)")
     parser.add_argument("--false-alarms-per-day", type=float, default=DEFAULT_FALSE_ALARMS_PER_DAY, metavar="RATE",
                         help="false alarms per day the threshold aims at on normal sound (default: 1 per week)")
     parser.add_argument("--report-dir", type=pathlib.Path, metavar="DIR",
@@ -49,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     out = _bundle_path(args.out, config, machine)
     if args.rollback:
         return _rollback(args, out)
-    from calibration.calibrate import calibrate  # scikit-learn and the TFLite runtime only when calibrating
+    from calibration.calibrate import DEFAULT_PRESET, calibrate  # scikit-learn and TFLite only when calibrating
     from calibration.collect import record, split_blocks, wav_blocks
 
     if args.record is not None and args.sources:
@@ -66,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
         blocks = wav_blocks(args.sources)
     else:
         raise ConfigError("no calibration audio: give WAV files or folders, or --record MINUTES")
-    result = calibrate(blocks, args.model or default_model(), out, detector=args.detector,
+    if args.preset and args.detector:
+        raise ConfigError("give --preset or --detector, not both")
+    preset = DETECTOR_PRESETS[args.detector] if args.detector else (args.preset or DEFAULT_PRESET)
+    result = calibrate(blocks, args.model or default_model(), out, preset=preset,
                        false_alarms_per_day=args.false_alarms_per_day, machine=machine, report_dir=args.report_dir,
                        num_threads=config.model.threads if config else 1)
     print("\n".join(result.summary_lines()))
