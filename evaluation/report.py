@@ -84,7 +84,7 @@ def auc_bars_png(results: list[Result], path: pathlib.Path, title: str) -> None:
     methods, columns, cells = summarise(results)
     x = np.arange(len(columns))
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.3 * len(columns) + 3), 4.8))
+    fig, ax = plt.subplots(figsize=(max(9.0, 1.3 * len(columns) + 5), 4.8))
     for i, m in enumerate(methods):
         means = [cells[(m, c)][0] for c in columns]
         stds = [cells[(m, c)][1] for c in columns]
@@ -94,7 +94,7 @@ def auc_bars_png(results: list[Result], path: pathlib.Path, title: str) -> None:
     ax.set_ylim(0.3, 1.0)
     ax.set_ylabel("ROC AUC (mean ± std over seeds)")
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
