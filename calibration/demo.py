@@ -74,8 +74,10 @@ def _demo(model: pathlib.Path, workdir: pathlib.Path, broker: str | None, realti
     say(f"1/4 synthesising {CALIBRATION_CLIPS * 10 / 60:.0f} minutes of a healthy pump (synthetic sound)")
     blocks = [block for i in range(CALIBRATION_CLIPS)
               for block in split_blocks(f"healthy pump clip {i}", synth_clip("pump", 0, i)[0])]
-    say("2/4 calibrating: front end, SqueezeNet features, GMM, threshold for one false alarm a week")
+    say("2/4 calibrating: front end, SqueezeNet features, the pipeline chosen for this pump by synthetic faults, "
+        "threshold for one false alarm a week")
     result = calibrate(blocks, model, workdir / "bundle", machine=MACHINE, report_dir=workdir / "report")
+    say(f"    {result.selection.summary_lines()[0]}")
     say(f"    threshold {result.threshold.high:.4g} (clear below {result.threshold.low:.4g}); "
         f"report in {workdir / 'report'}")
     stream = workdir / "stream.wav"
