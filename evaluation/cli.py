@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import pathlib
 import sys
 import time
@@ -16,8 +15,6 @@ from evaluation.methods import DetectorMethod, Method
 from evaluation.protocol import PAPER_NORMAL_TEST
 from evaluation.report import markdown_table, write_reports
 from evaluation.runner import run_protocol
-
-log = logging.getLogger(__name__)
 
 DETECTORS = ("gmm", "ocsvm", "bgmm", "iforest", "kde")
 PEERS = ("dcae", "dense_ae", "logmel_gmm")

@@ -5,7 +5,6 @@ abnormal clips, and train on every remaining normal clip. Abnormal clips never e
 """
 from __future__ import annotations
 
-import logging
 import pathlib
 from dataclasses import dataclass
 
@@ -14,8 +13,6 @@ from scipy.stats import rankdata
 
 from agent.errors import ConfigError
 from evaluation.datasets import MachineClips
-
-log = logging.getLogger(__name__)
 
 PAPER_NORMAL_TEST = 150
 

@@ -7,6 +7,7 @@ from sklearn.metrics import roc_auc_score
 
 from agent.cli import main
 from agent.errors import AudioError, ConfigError
+from agent.spec import FrontEndParams
 from calibration.synth_cli import write_dataset
 from evaluation.cache import FeatureCache
 from evaluation.datasets import find_machines
@@ -17,7 +18,6 @@ from evaluation.protocol import roc_auc, split, normal_test_count
 from evaluation.report import markdown_table, per_seed_csv, read_per_seed_csv, summarise
 from evaluation.runner import run_protocol
 
-from agent.spec import FrontEndParams
 
 N_NORMAL, N_ABNORMAL = 10, 5
 
@@ -173,3 +173,17 @@ def test_cli_writes_table_csv_and_figure(tiny_dataset, tmp_path, capsys):
     assert "mean" in (out / "auc_table.csv").read_text()
     assert main(["evaluate", str(tmp_path / "nowhere"), "--peers", "logmel_gmm", "--out", str(out)]) == 2
     assert "nowhere: dataset folder not found" in capsys.readouterr().err
+
+
+def test_autoencoder_peers_run_the_protocol(tiny_dataset):
+    from evaluation.autoencoders import ConvAutoencoder, DenseAutoencoder, stacked_frames
+    from evaluation.features import patch_db_source
+
+    frames = np.arange(20 * 64, dtype=np.float32).reshape(20, 64)
+    stacked = stacked_frames(frames)
+    assert stacked.shape == (6, 320)  # 10 frames at hop 512, 5 per vector
+    assert np.array_equal(stacked[1], np.concatenate([frames[2], frames[4], frames[6], frames[8], frames[10]]))
+    machines = find_machines(tiny_dataset)[:1]
+    methods = [DenseAutoencoder(logmel_source(), epochs=2), ConvAutoencoder(patch_db_source(), epochs=1)]
+    results = run_protocol(machines, methods, [0], FeatureCache(None))
+    _check_results(results, machines, [0], methods)
