@@ -32,8 +32,11 @@ def _keras(seed: int):
     import tensorflow as tf
 
     if not getattr(_keras, "configured", False):
-        tf.config.threading.set_intra_op_parallelism_threads(2)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        try:  # two threads for training on a shared machine, unless tensorflow already runs (e.g. a conversion)
+            tf.config.threading.set_intra_op_parallelism_threads(2)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:
+            pass
         _keras.configured = True
     tf.keras.utils.set_random_seed(seed)
     return tf.keras
