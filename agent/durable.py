@@ -14,7 +14,10 @@ from typing import BinaryIO, Callable
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object] | bytes,
                  mode: int | None = None) -> Path:
-    """Write `path` through a temporary sibling; `write` is the bytes or a function given the open binary file."""
+    """Write `path` through a temporary sibling; `write` is the bytes or a function given the open binary file.
+
+    The file gets `mode`, or by default what an ordinary new file gets under the umask (mkstemp alone makes 0600,
+    which would hide a bundle from the agent's own user)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -25,8 +28,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object] | 
             else:
                 write(out)
             out.flush()
-            if mode is not None:
-                os.fchmod(out.fileno(), mode)
+            os.fchmod(out.fileno(), _default_mode() if mode is None else mode)
             os.fsync(out.fileno())
         os.replace(temporary, path)
     except BaseException:
@@ -34,6 +36,12 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object] | 
         raise
     fsync_directory(path.parent)
     return path
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def fsync_directory(path: str | os.PathLike) -> None:

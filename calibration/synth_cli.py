@@ -10,13 +10,12 @@ import argparse
 import csv
 import io
 import logging
-import os
 import pathlib
-import tempfile
 import wave
 
 import numpy as np
 
+from agent.durable import write_atomic
 from agent.errors import ConfigError
 from agent.spec import SAMPLE_RATE
 from calibration.synth import DEFAULT_SNR_DB, MACHINE_TYPES, synth_clip
@@ -67,24 +66,6 @@ def snr_dir_name(snr_db: float, machine_type: str) -> str:
     """MIMII's top-level folder name, e.g. '-6_dB_pump'."""
     snr = int(snr_db) if float(snr_db).is_integer() else snr_db
     return f"{snr}_dB_{machine_type}"
-
-
-def write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Write bytes under a temporary name in the same folder, fsync, then rename over path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # as an ordinary file would be, not mkstemp's 0600
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def wav_bytes(samples: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:

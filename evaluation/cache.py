@@ -13,15 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from calibration.synth_cli import write_atomic
-
-
-def file_sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from agent.durable import file_sha256, write_atomic
 
 
 class FeatureCache:

@@ -7,7 +7,7 @@ import pathlib
 
 import numpy as np
 
-from calibration.synth_cli import write_atomic
+from agent.durable import write_atomic
 from evaluation.runner import Result
 
 MEAN = "mean"
