@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from evaluation.features import FeatureSource
-from evaluation.methods import Method
+from evaluation.methods import FeatureMethod
 
 DENSE_FRAMES = 5
 DENSE_FRAME_STEP = 2  # hop 512 as the baseline, from our hop-256 frames
@@ -73,7 +73,7 @@ def dcae_model(keras, size: int = 64):
     return keras.Model(inputs, layers.Conv2D(1, 3, padding="same")(h))
 
 
-class DenseAutoencoder(Method):
+class DenseAutoencoder(FeatureMethod):
     def __init__(self, source: FeatureSource, epochs: int = DENSE_EPOCHS) -> None:
         self.source, self.epochs = source, epochs
         self.name = "dense AE (MIMII/DCASE baseline)"
@@ -92,7 +92,7 @@ class DenseAutoencoder(Method):
         return np.array([e.mean() for e in np.split(errors, np.cumsum([len(v) for v in vectors])[:-1])])
 
 
-class ConvAutoencoder(Method):
+class ConvAutoencoder(FeatureMethod):
     def __init__(self, source: FeatureSource, epochs: int = DCAE_EPOCHS) -> None:
         self.source, self.epochs = source, epochs
         self.name = "DCAE (conv AE on patches)"

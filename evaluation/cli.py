@@ -11,7 +11,7 @@ from agent.spec import SCALINGS, FrontEndParams
 from evaluation.cache import FeatureCache
 from evaluation.datasets import find_machines
 from evaluation.features import cnn_source, logmel_source, patch_db_source
-from evaluation.methods import DetectorMethod, Method
+from evaluation.methods import DetectorMethod, Method, PresetMethod
 from evaluation.protocol import PAPER_NORMAL_TEST
 from evaluation.report import markdown_table, write_reports
 from evaluation.runner import run_protocol
@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="*", type=pathlib.Path, default=[],
                         help="converted TFLite feature extractors (humwatch convert), e.g. float32 and int8")
     parser.add_argument("--detectors", default="gmm,ocsvm", help=f"comma list from {','.join(DETECTORS)}")
+    parser.add_argument("--presets", default="auto",
+                        help="comma list of `humwatch calibrate` presets fitted as calibrate fits them, per model: "
+                             "auto (the default: chosen per machine by synthetic faults), paper, cnn-pca-gmm, "
+                             "cnn-ocsvm, logmel-gmm, fusion, fusion-max; or 'none'")
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma list from {','.join(PEERS)}, or 'none'")
     parser.add_argument("--seeds", type=int, default=5, help="protocol repetitions (seeds 0..N-1)")
     parser.add_argument("--max-normal-test", type=int, default=PAPER_NORMAL_TEST,
@@ -49,7 +53,10 @@ def _list(text: str, allowed: tuple, flag: str) -> list[str]:
 
 def build_methods(args: argparse.Namespace) -> list[Method]:
     channel = "mean" if args.channel == "mean" else int(args.channel)
+    from calibration.selection import PRESETS
+
     detectors = _list(args.detectors, DETECTORS, "--detectors")
+    presets = _list(args.presets, tuple(PRESETS), "--presets")
     peers = _list(args.peers, PEERS, "--peers")
     methods: list[Method] = []
     params = FrontEndParams(scaling=args.scaling)
@@ -58,6 +65,8 @@ def build_methods(args: argparse.Namespace) -> list[Method]:
             raise ConfigError(f"{model}: model file not found")
         source = cnn_source(model, params, channel, args.threads)
         methods += [DetectorMethod(source, kind) for kind in detectors]
+        methods += [PresetMethod(source, patch_db_source(channel), model, params, channel, preset, args.threads)
+                    for preset in presets]
     if "dcae" in peers:
         from evaluation.autoencoders import DCAE_EPOCHS, ConvAutoencoder
         methods.append(ConvAutoencoder(patch_db_source(channel), args.dcae_epochs or DCAE_EPOCHS))
@@ -68,7 +77,7 @@ def build_methods(args: argparse.Namespace) -> list[Method]:
         from evaluation.logmel_gmm import LogMelGmm
         methods.append(LogMelGmm(logmel_source(channel)))
     if not methods:
-        raise ConfigError("nothing to evaluate: give --models with --detectors, or --peers")
+        raise ConfigError("nothing to evaluate: give --models with --detectors or --presets, or --peers")
     return methods
 
 

@@ -8,7 +8,7 @@ from sklearn.mixture import GaussianMixture
 
 from agent.spec import PATCH_FRAMES, PATCH_HOP_FRAMES
 from evaluation.features import FeatureSource
-from evaluation.methods import Method
+from evaluation.methods import FeatureMethod
 
 COMPONENTS = 16
 
@@ -23,7 +23,7 @@ def patch_means(frame_scores: np.ndarray) -> np.ndarray:
     return (csum[starts + PATCH_FRAMES] - csum[starts]) / PATCH_FRAMES
 
 
-class LogMelGmm(Method):
+class LogMelGmm(FeatureMethod):
     def __init__(self, source: FeatureSource, components: int = COMPONENTS) -> None:
         self.source, self.components = source, components
         self.name = f"log-Mel GMM-{components}"

@@ -11,12 +11,33 @@ import tempfile
 
 import numpy as np
 
+from evaluation.cache import FeatureCache
 from evaluation.features import FeatureSource
 
 
 class Method(abc.ABC):
+    """What the protocol runner fits on a split's normal training clips and scores its test clips with."""
+
     name: str
-    source: FeatureSource
+    source: FeatureSource  # the features the runner computes for every clip up front
+
+    @abc.abstractmethod
+    def fit_paths(self, paths: list[pathlib.Path], cache: FeatureCache, seed: int) -> None:
+        """Learn normal from the training clips."""
+
+    @abc.abstractmethod
+    def score_paths(self, paths: list[pathlib.Path], cache: FeatureCache) -> np.ndarray:
+        """One anomaly score per clip."""
+
+
+class FeatureMethod(Method):
+    """A method that needs only its source's per-clip feature arrays."""
+
+    def fit_paths(self, paths: list[pathlib.Path], cache: FeatureCache, seed: int) -> None:
+        self.fit(self.source.clips(paths, cache), seed)
+
+    def score_paths(self, paths: list[pathlib.Path], cache: FeatureCache) -> np.ndarray:
+        return self.clip_scores(self.source.clips(paths, cache))
 
     @abc.abstractmethod
     def fit(self, train: list[np.ndarray], seed: int) -> None:
@@ -27,7 +48,39 @@ class Method(abc.ABC):
         """One anomaly score per clip."""
 
 
-class DetectorMethod(Method):
+class PresetMethod(Method):
+    """A `humwatch calibrate` preset ("auto", "paper", or any candidate) fitted as calibrate fits it: one training
+    clip in four held out for score standardisation and, for "auto", for the synthetic faults that choose the
+    pipeline. Clip score = mean of the fused patch scores, as the agent pools a window."""
+
+    def __init__(self, cnn: FeatureSource, db: FeatureSource, model_path: pathlib.Path, params, channel,
+                 preset: str, num_threads: int = 1) -> None:
+        from agent.extractor import Extractor  # embeds the faulted copies of held-out clips
+
+        self.source, self.db, self.params, self.channel, self.preset = cnn, db, params, channel, preset
+        self.extractor = Extractor(model_path, num_threads=num_threads)
+        self.name = f"{cnn.name} + {preset}"
+        self.selection = None
+
+    def _features(self, path: pathlib.Path, cache: FeatureCache) -> tuple[np.ndarray, np.ndarray]:
+        return cache.get(path, self.db.description, self.db.compute), cache.get(path, self.source.description,
+                                                                                self.source.compute)
+
+    def fit_paths(self, paths: list[pathlib.Path], cache: FeatureCache, seed: int) -> None:
+        from calibration.selection import PRESETS, choose_from_files
+
+        self.selection = choose_from_files(paths, self.extractor.sha256, self.extractor, self.params, self.channel,
+                                           clip_features=lambda p: self._features(p, cache),
+                                           candidates=PRESETS[self.preset], seed=seed)
+
+    def score_paths(self, paths: list[pathlib.Path], cache: FeatureCache) -> np.ndarray:
+        from calibration.selection import NormalClip
+
+        return np.array([self.selection.patch_scores(NormalClip(np.empty(0, np.float32), *self._features(p, cache)))
+                         .mean() for p in paths])
+
+
+class DetectorMethod(FeatureMethod):
     """A CNN backbone's patch features + a humwatch detector, fitted and scored exactly as on the board:
     calibration.detectors.fit_detector, saved to .npz, loaded back through agent.scorers.load_detector."""
 

@@ -48,8 +48,8 @@ def run_protocol(machines: list[MachineClips], methods: list[Method], seeds: lis
             parts = split(machine, seed, max_normal_test)
             for method in methods:
                 t0 = time.monotonic()
-                method.fit(method.source.clips(parts.train, cache), seed)
-                scores = method.clip_scores(method.source.clips(parts.test, cache))
+                method.fit_paths(parts.train, cache, seed)
+                scores = method.score_paths(parts.test, cache)
                 auc = roc_auc(parts.labels, scores)
                 results.append(Result(method.name, machine.name, seed, auc, len(parts.train),
                                       len(parts.test_normal), parts.labels, scores))

@@ -187,3 +187,27 @@ def test_autoencoder_peers_run_the_protocol(tiny_dataset):
     methods = [DenseAutoencoder(logmel_source(), epochs=2), ConvAutoencoder(patch_db_source(), epochs=1)]
     results = run_protocol(machines, methods, [0], FeatureCache(None))
     _check_results(results, machines, [0], methods)
+
+
+def test_calibrate_presets_are_rows_fitted_as_calibrate_fits_them(tmp_path, squeezenet_int8):
+    """`auto` (the default of calibrate and evaluate) and `paper`, fitted on the training clips only, 1 in 4 held out."""
+    from evaluation.features import patch_db_source
+    from evaluation.methods import PresetMethod
+
+    root = tmp_path / "data"
+    write_dataset(root, ["pump"], [0], 16, 4, seconds=10.0, seed=3)
+    machines = find_machines(root)
+    source = cnn_source(squeezenet_int8, FrontEndParams())
+    methods = [PresetMethod(source, patch_db_source(), squeezenet_int8, FrontEndParams(), 0, preset)
+               for preset in ("auto", "paper")]
+    results = run_protocol(machines, methods, [0], FeatureCache(tmp_path / "cache"))
+    assert [r.method.split(" + ")[1] for r in results] == ["auto", "paper"]
+    for r in results:
+        assert r.auc == pytest.approx(roc_auc_score(r.labels, r.scores), abs=1e-12)
+        assert r.n_train == 12 and r.n_test_normal == 4 and np.isfinite(r.scores).all()
+    auto, paper = methods
+    assert {s.name for s in auto.selection.table} == {"paper", "cnn-pca-gmm", "cnn-ocsvm", "logmel-gmm", "fusion",
+                                                      "fusion-max"}
+    assert paper.selection.chosen.name == "paper" and paper.selection.table == []
+    train = split(machines[0], 0, 150).train
+    assert auto.selection.heldout_windows == len(train) // 4  # one 10 s window per held-out training clip
