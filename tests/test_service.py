@@ -44,7 +44,8 @@ def agent_bundle(tmp_path_factory, squeezenet_int8, dcase) -> Bundle:
     from calibration.collect import wav_blocks
 
     link = tmp_path_factory.mktemp("bundle") / "pump1"
-    calibrate(wav_blocks([dcase / "train"]), squeezenet_int8, link, machine="pump1", report=False)
+    # the paper's pipeline: these tests are about the service, not about which pipeline a machine gets
+    calibrate(wav_blocks([dcase / "train"]), squeezenet_int8, link, preset="paper", machine="pump1", report=False)
     return Bundle.load(link)
 
 
@@ -280,7 +281,8 @@ def test_sighup_reloads_a_new_bundle_without_stopping(
     manifest = {k: v for k, v in agent_bundle.manifest.items() if k not in ("id", "created", "previous")}
 
     def copy_detector(directory: pathlib.Path) -> None:
-        (directory / "detector.npz").write_bytes((agent_bundle.path / "detector.npz").read_bytes())
+        for entry in agent_bundle.detectors:
+            (directory / entry.file).write_bytes((agent_bundle.path / entry.file).read_bytes())
 
     write_bundle(link, manifest, copy_detector, extractor=agent_bundle.extractor_path)
     device = alsa_device(speed=SPEED)
