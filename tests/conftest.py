@@ -17,3 +17,13 @@ def shared_dir() -> pathlib.Path:
     if not SHARED.is_dir():
         pytest.fail(f"the shared material is missing at {SHARED}")
     return SHARED
+
+
+@pytest.fixture
+def program(tmp_path) -> pathlib.Path:
+    """An executable standing in for the installed humwatch program (only its path ends up in a unit)."""
+    path = tmp_path / "opt" / "bin" / "humwatch"
+    path.parent.mkdir(parents=True)
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path

@@ -18,16 +18,6 @@ from agent.install import UNIT_NAME, service_executable
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def program(tmp_path) -> pathlib.Path:
-    """An executable standing in for the installed humwatch program (only its path ends up in the unit)."""
-    path = tmp_path / "opt" / "bin" / "humwatch"
-    path.parent.mkdir(parents=True)
-    path.write_text("#!/bin/sh\nexit 0\n")
-    path.chmod(0o755)
-    return path
-
-
 def install(capsys, *args: str) -> tuple[int, list[str]]:
     code = main(["install-service", *args])
     return code, capsys.readouterr().out.splitlines()

@@ -21,12 +21,8 @@ needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is No
 
 
 @pytest.fixture
-def unit_file(tmp_path) -> pathlib.Path:
+def unit_file(tmp_path, program) -> pathlib.Path:
     """The template rendered for this machine's systemd, as instance pump1, with a real program path."""
-    program = tmp_path / "opt" / "bin" / "humwatch"
-    program.parent.mkdir(parents=True)
-    program.write_text("#!/bin/sh\nexit 0\n")
-    program.chmod(0o755)
     path = tmp_path / "humwatch@pump1.service"
     path.write_text(render_unit(packaged(UNIT_NAME), program, systemd_version()))
     return path
