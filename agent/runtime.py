@@ -5,6 +5,7 @@ There is no other fallback: without either, the error says what to install.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
@@ -16,17 +17,13 @@ RUNTIMES = ("ai_edge_litert", "tflite_runtime")
 
 
 def _interpreter_class() -> tuple[str, type]:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-        return "ai_edge_litert", Interpreter
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter
-        return "tflite_runtime", Interpreter
-    except ImportError:
-        raise ModelError("no TFLite runtime installed: pip install ai-edge-litert "
-                         "(or tflite-runtime with numpy<2 on older boards)") from None
+    for name in RUNTIMES:
+        try:
+            return name, importlib.import_module(f"{name}.interpreter").Interpreter
+        except ImportError:
+            continue
+    raise ModelError("no TFLite runtime installed: pip install ai-edge-litert "
+                     "(or tflite-runtime with numpy<2 on older boards)")
 
 
 def runtime_name() -> str:

@@ -22,6 +22,8 @@ from convert.backbones import ARCHITECTURES
 
 log = logging.getLogger(__name__)
 
+PRECISIONS = ("float32", "int8")  # what one conversion writes by default
+
 DEFAULT_ARCH = "squeezenet1_1"
 DEFAULT_PATCHES = 250
 MIN_PATCHES = 10
@@ -41,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights-dir", type=Path, metavar="DIR",
                         help="look here first for <arch>-imagenet.npz/.pth or the torch hub file name "
                              "(then $HUMWATCH_WEIGHTS, ../shared/weights, $TORCH_HOME/hub/checkpoints)")
-    parser.add_argument("--precision", choices=("both", "float32", "int8"), default="both",
+    parser.add_argument("--precision", choices=("both", *PRECISIONS), default="both",
                         help="which models to write (default both)")
     parser.add_argument("--audio", type=Path, nargs="+", metavar="PATH",
                         help="WAV files or folders of normal machine sound to quantise on "
@@ -56,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from agent.paths import models_dir
 
-    precisions = ("float32", "int8") if args.precision == "both" else (args.precision,)
+    precisions = PRECISIONS if args.precision == "both" else (args.precision,)
     paths = convert(args.arch, precisions=precisions, weights=args.weights, weights_dir=args.weights_dir,
                     download=args.download, random_seed=args.random_weights, audio=args.audio,
                     patches=args.patches, out_dir=args.out or models_dir(), name=args.name)
@@ -84,7 +86,7 @@ def resolve_weights(arch: str, weights: Path | None, weights_dir: Path | None, d
     return state, {"file": path.name, "random_seed": None, "sha256": digest}, path
 
 
-def convert(arch: str, *, out_dir: Path, precisions: tuple[str, ...] = ("float32", "int8"),
+def convert(arch: str, *, out_dir: Path, precisions: tuple[str, ...] = PRECISIONS,
             weights: Path | None = None, weights_dir: Path | None = None, download: bool = False,
             random_seed: int | None = None, audio: list[Path] | None = None, patches: int = DEFAULT_PATCHES,
             name: str | None = None) -> dict[str, Path]:

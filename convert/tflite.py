@@ -21,8 +21,6 @@ from agent.extractor import sidecar_path
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("float32", "int8")
-
 
 def _saved_model(model, input_dtype: str, directory: str) -> str:
     """Write `model` as a SavedModel whose one endpoint takes a batch of `input_dtype` inputs."""
