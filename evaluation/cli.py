@@ -65,7 +65,7 @@ def build_methods(args: argparse.Namespace) -> list[Method]:
             raise ConfigError(f"{model}: model file not found")
         source = cnn_source(model, params, channel, args.threads)
         methods += [DetectorMethod(source, kind) for kind in detectors]
-        methods += [PresetMethod(source, patch_db_source(channel), model, params, channel, preset, args.threads)
+        methods += [PresetMethod(source, patch_db_source(channel), params, channel, preset)
                     for preset in presets]
     if "dcae" in peers:
         from evaluation.autoencoders import DCAE_EPOCHS, ConvAutoencoder

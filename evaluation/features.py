@@ -22,7 +22,12 @@ class FeatureSource:
     name: str
     description: dict
     compute: Callable[[pathlib.Path], np.ndarray]
-    extractor_sha256: str = ""  # CNN sources: the detector records which extractor its features came from
+    extractor: object | None = None  # CNN sources: the agent.extractor.Extractor that computes the features
+
+    @property
+    def extractor_sha256(self) -> str:
+        """What a detector fitted on these features records as their origin ("" for non-CNN sources)."""
+        return self.extractor.sha256 if self.extractor is not None else ""
 
     def clips(self, paths, cache: FeatureCache) -> list[np.ndarray]:
         return [cache.get(p, self.description, self.compute) for p in paths]
@@ -40,7 +45,7 @@ def cnn_source(model_path: pathlib.Path, params: FrontEndParams, channel=0, num_
 
     description = {"source": "cnn", "extractor_sha256": extractor.sha256, "frontend": params.to_dict(),
                    "channel": channel}
-    return FeatureSource(name, description, compute, extractor.sha256)
+    return FeatureSource(name, description, compute, extractor)
 
 
 def patch_db_source(channel=0) -> FeatureSource:

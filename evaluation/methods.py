@@ -53,12 +53,9 @@ class PresetMethod(Method):
     clip in four held out for score standardisation and, for "auto", for the synthetic faults that choose the
     pipeline. Clip score = mean of the fused patch scores, as the agent pools a window."""
 
-    def __init__(self, cnn: FeatureSource, db: FeatureSource, model_path: pathlib.Path, params, channel,
-                 preset: str, num_threads: int = 1) -> None:
-        from agent.extractor import Extractor  # embeds the faulted copies of held-out clips
-
+    def __init__(self, cnn: FeatureSource, db: FeatureSource, params, channel, preset: str) -> None:
         self.source, self.db, self.params, self.channel, self.preset = cnn, db, params, channel, preset
-        self.extractor = Extractor(model_path, num_threads=num_threads)
+        self.extractor = cnn.extractor  # also embeds the faulted copies of held-out clips
         self.name = f"{cnn.name} + {preset}"
         self.selection = None
 

@@ -198,7 +198,7 @@ def test_calibrate_presets_are_rows_fitted_as_calibrate_fits_them(tmp_path, sque
     write_dataset(root, ["pump"], [0], 16, 4, seconds=10.0, seed=3)
     machines = find_machines(root)
     source = cnn_source(squeezenet_int8, FrontEndParams())
-    methods = [PresetMethod(source, patch_db_source(), squeezenet_int8, FrontEndParams(), 0, preset)
+    methods = [PresetMethod(source, patch_db_source(), FrontEndParams(), 0, preset)
                for preset in ("auto", "paper")]
     results = run_protocol(machines, methods, [0], FeatureCache(tmp_path / "cache"))
     assert [r.method.split(" + ")[1] for r in results] == ["auto", "paper"]
