@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
 from agent.errors import HumwatchError
@@ -28,11 +27,6 @@ SUBCOMMANDS = {
 }
 
 
-# The agent's analysis loop scores one patch at a time: BLAS threads only add wake-up stalls there (measured in
-# benchmarks/RESULTS.md, Detectors), so the long-running command pins them before numpy is first imported.
-SINGLE_THREADED = {"run"}
-
-
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="humwatch", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
@@ -41,9 +35,6 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:  # only the chosen command's module is imported
-            if name in SINGLE_THREADED:
-                for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-                    os.environ.setdefault(variable, "1")
             module = importlib.import_module(module_name)
             module.add_arguments(sp)
             sp.set_defaults(handler=module.run)
