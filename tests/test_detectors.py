@@ -156,7 +156,7 @@ def test_default_parameters_equal_scikit_learn_on_real_frames(kind, logmel_frame
                 params["max_iter"]) == (80, "diag", "kmeans", 150)
     else:
         assert params["nu"] == 1e-4 and params["kernel"] == "rbf"
-        z = detector.estimator.scaler_.transform(train)
+        z = detector.estimator.scaler_.transform(train.astype(np.float64))  # the detector fits in float64
         assert params["gamma"] == pytest.approx(1.0 / (z.shape[1] * z.var()), rel=1e-12)
     detector.save(tmp_path / "d.npz")
     loaded = load_detector(tmp_path / "d.npz")
