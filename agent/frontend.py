@@ -35,21 +35,30 @@ class PatchBatch:
                    np.concatenate([b.end_samples for b in batches]))
 
 
+# What push returns until a patch completes (7 of every 8 microphone chunks): shared, read-only, no allocation.
+NO_PATCHES = PatchBatch()
+for _array in (NO_PATCHES.db, NO_PATCHES.images, NO_PATCHES.end_samples):
+    _array.flags.writeable = False
+
+
 def unit_scale(db: np.ndarray, params: FrontEndParams) -> np.ndarray:
     """dB patches (n, mels, frames) → [0, 1], per patch min–max (as matplotlib would) or a fixed dB window."""
-    db = np.asarray(db, dtype=np.float64)
+    unit = np.array(db, dtype=np.float64)  # a fresh copy, scaled in place
     if params.scaling == "fixed":
-        return np.clip((db - params.db_low) / (params.db_high - params.db_low), 0.0, 1.0)
-    low = db.min(axis=(1, 2), keepdims=True)
-    span = db.max(axis=(1, 2), keepdims=True) - low
-    # A flat patch maps to 0, as matplotlib's Normalize does when vmin == vmax.
-    return np.divide(db - low, span, out=np.zeros_like(db), where=span > 0)
+        unit -= params.db_low
+        unit /= params.db_high - params.db_low
+        return np.clip(unit, 0.0, 1.0, out=unit)
+    low = unit.min(axis=(1, 2), keepdims=True)
+    span = unit.max(axis=(1, 2), keepdims=True) - low
+    span[span == 0] = np.inf  # a flat patch maps to 0, as matplotlib's Normalize does when vmin == vmax
+    unit -= low
+    unit /= span
+    return unit
 
 
 def images_from_db(db: np.ndarray, params: FrontEndParams) -> np.ndarray:
     """The one mapping from dB patches (n, mels, frames) to model images (n, 64, 64, 3) uint8, low bands at the bottom."""
-    indices = colour_indices(unit_scale(db, params))
-    return VIRIDIS_RGB[indices[:, ::-1, :]]
+    return VIRIDIS_RGB.take(colour_indices(unit_scale(db, params))[:, ::-1], axis=0)
 
 
 class FrontEnd:
@@ -73,7 +82,7 @@ class FrontEnd:
         self._pending_count += len(chunk)
         available = len(self._frames) + frame_count(len(self._samples) + self._pending_count)
         if available < PATCH_FRAMES:
-            return PatchBatch()
+            return NO_PATCHES
         self._samples = np.concatenate([self._samples, *self._pending])
         self._pending, self._pending_count = [], 0
         # Frames are computed in fixed blocks of one patch hop: float32 FFT and matrix products round differently

@@ -63,8 +63,10 @@ def mel_db_frames(samples: np.ndarray) -> np.ndarray:
     n_frames = frame_count(len(samples))
     if n_frames == 0:
         return np.empty((0, N_MELS), np.float32)
-    frames = np.lib.stride_tricks.sliding_window_view(np.asarray(samples, dtype=np.float32), N_FFT)[::HOP_LENGTH]
-    spectrum = scipy.fft.rfft(frames[:n_frames] * hann_window(), axis=1)
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    frames = np.lib.stride_tricks.as_strided(samples, (n_frames, N_FFT),
+                                             (HOP_LENGTH * samples.itemsize, samples.itemsize), writeable=False)
+    spectrum = scipy.fft.rfft(frames * hann_window(), axis=1)
     power = spectrum.real ** 2 + spectrum.imag ** 2
     return power_to_db(power @ mel_filterbank().T)
 

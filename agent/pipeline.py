@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -77,10 +78,12 @@ class Pipeline:
 
     def push(self, samples: np.ndarray) -> list[PatchScore]:
         batch = self.front_end.push(samples)
+        if len(batch) == 0:
+            return []
         results = []
         for end, score in zip(batch.end_samples, self.scorer.score(batch)):
             self._window.append(float(score))
             full = len(self._window) == self._window.maxlen
             results.append(PatchScore(time=float(end) / SAMPLE_RATE, patch_score=float(score),
-                                      window_score=float(np.mean(self._window)) if full else None))
+                                      window_score=math.fsum(self._window) / len(self._window) if full else None))
         return results

@@ -27,4 +27,5 @@ VIRIDIS_RGB.flags.writeable = False
 
 def colour_indices(unit: np.ndarray) -> np.ndarray:
     """Map values in [0, 1] to LUT rows exactly as matplotlib's Colormap does (x*256 truncated, 1.0 -> 255)."""
-    return np.clip((np.asarray(unit, dtype=np.float64) * 256).astype(np.int64), 0, 255)
+    indices = (np.asarray(unit, dtype=np.float64) * 256).astype(np.intp)
+    return np.clip(indices, 0, 255, out=indices)
