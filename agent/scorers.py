@@ -83,16 +83,16 @@ class MixtureScorer:
             raise arrays.fail("array 'means' has no components")
         precisions_cholesky = arrays.real("precisions_cholesky", (k, dim), positive=True)
         log_weights = arrays.real("log_weights", (k,))
-        # Precomputed once so a batch costs two matrix products: z^2 @ P.T - 2 z @ (mean * P).T + const.
-        # Matrices are kept (k, dim) and multiplied through .T views: for one patch that is a single-threaded
-        # BLAS gemv, which a (dim, k) copy was not (OpenBLAS threads then stalled on a busy CPU).
-        self.precisions = precisions_cholesky ** 2
-        self.means_precisions = means * self.precisions
+        # log(weight_k N(z; mean_k, diag)) = constant_k + [z², z] @ coefficients[k]: one matrix product per batch.
+        # Matrices are kept (k, ·) and multiplied through .T views: for one patch that is a single-threaded BLAS
+        # gemv, which a transposed copy was not (OpenBLAS threads then stalled on a busy CPU).
+        precisions = precisions_cholesky ** 2
+        self.coefficients = np.concatenate([-0.5 * precisions, means * precisions], axis=1)
         self.constants = (log_weights + np.sum(np.log(precisions_cholesky), axis=1)
-                          - 0.5 * (dim * LOG_2PI + np.sum(means ** 2 * precisions_cholesky ** 2, axis=1)))
+                          - 0.5 * (dim * LOG_2PI + np.sum(means ** 2 * precisions, axis=1)))
 
     def score(self, z: np.ndarray) -> np.ndarray:
-        weighted = self.constants - 0.5 * ((z ** 2) @ self.precisions.T) + z @ self.means_precisions.T
+        weighted = self.constants + np.concatenate([z * z, z], axis=1) @ self.coefficients.T
         return -log_sum_exp(weighted)
 
 
@@ -227,17 +227,23 @@ class Detector:
         self.feature_source = arrays.text("feature_source")
         self.scaler_mean = arrays.real("scaler_mean", (self.feature_dim,))
         self.scaler_scale = arrays.real("scaler_scale", (self.feature_dim,), positive=True)
-        self.projection_mean = self.projection_matrix_t = None
+        self.projection = None
         model_dim = self.feature_dim
         scorer_class = KIND_SCORERS[self.kind]
         expected = set(COMMON_ARRAYS) | set(scorer_class.ARRAYS)
         if any(name in arrays.arrays for name in PROJECTION_ARRAYS):
             expected |= set(PROJECTION_ARRAYS)
-            self.projection_mean = arrays.real("projection_mean", (self.feature_dim,))
-            self.projection_matrix_t = arrays.real("projection_matrix", (None, self.feature_dim)).T.copy()
-            model_dim = self.projection_matrix_t.shape[1]
+            projection_mean = arrays.real("projection_mean", (self.feature_dim,))
+            components = arrays.real("projection_matrix", (None, self.feature_dim))
+            model_dim = len(components)
             if model_dim == 0:
                 raise arrays.fail("array 'projection_matrix' has no components")
+            # Standardisation and projection folded into one map, z = (x - scaler_mean) @ projection + offset,
+            # computed in float32: the features are float32 (int8-quantised for an int8 CNN), and the product
+            # with a (feature_dim, model_dim) matrix is the detector's whole cost, which float32 halves.
+            self.centre = self.scaler_mean.astype(np.float32)
+            self.projection = (components / self.scaler_scale).astype(np.float32)
+            self.offset = -(projection_mean @ components.T)
         unexpected = sorted(set(arrays.arrays) - expected)
         if unexpected:
             raise arrays.fail(f"unexpected array(s) {', '.join(unexpected)} for a {self.kind} detector")
@@ -245,17 +251,16 @@ class Detector:
 
     def transform(self, features: np.ndarray) -> np.ndarray:
         """Standardise with the training scaler, then project if the detector was fitted after a PCA."""
-        z = (features - self.scaler_mean) / self.scaler_scale
-        if self.projection_matrix_t is not None:
-            z = (z - self.projection_mean) @ self.projection_matrix_t
-        return z
+        if self.projection is None:
+            return (features - self.scaler_mean) / self.scaler_scale
+        return (np.asarray(features, dtype=np.float32) - self.centre) @ self.projection.T + self.offset
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Anomaly score (float64, higher = more anomalous) for each row of `features` (n, feature_dim)."""
-        features = np.asarray(features, dtype=np.float64)
+        features = np.asarray(features)
         if features.ndim != 2 or features.shape[1] != self.feature_dim:
             raise ValueError(f"{self.path}: features of shape {features.shape}, expected (n, {self.feature_dim})")
-        if not np.all(np.isfinite(features)):
+        if not np.isfinite(features).all():
             raise ValueError(f"{self.path}: features hold NaN or infinite values")
         return self.scorer.score(self.transform(features))
 
@@ -302,7 +307,7 @@ def log_sum_exp(values: np.ndarray) -> np.ndarray:
         return np.full(len(values), -np.inf)
     peak = values.max(axis=1)
     peak = np.where(np.isfinite(peak), peak, 0.0)
-    return np.log(np.sum(np.exp(values - peak[:, np.newaxis]), axis=1)) + peak
+    return np.log(np.exp(values - peak[:, np.newaxis]).sum(axis=1)) + peak
 
 
 def average_path_length(n_samples: np.ndarray) -> np.ndarray:

@@ -29,9 +29,14 @@ SMALL = {"gmm": {"n_components": 6}, "bgmm": {"n_components": 6}, "ocsvm": {}, "
          "iforest": {"n_estimators": 32}}
 
 
-def assert_equal_scores(ours: np.ndarray, reference: np.ndarray) -> None:
-    """Equal to 1e-6 relative, with an absolute floor of 1e-9 of the scores' scale for scores crossing zero."""
-    np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-9 * np.abs(reference).max())
+def assert_equal_scores(ours: np.ndarray, reference: np.ndarray, float32_projection: bool = False) -> None:
+    """Equal to 1e-6 relative, with an absolute floor of 1e-9 of the scores' scale for scores crossing zero.
+
+    A PCA detector projects in float32 on the board (one product per patch, half the memory traffic): equal to
+    float32 precision then, 1e-5 relative with a floor of 1e-6 of the scale.
+    """
+    rtol, floor = (1e-5, 1e-6) if float32_projection else (1e-6, 1e-9)
+    np.testing.assert_allclose(ours, reference, rtol=rtol, atol=floor * np.abs(reference).max())
 
 
 def exact_kde_log_density(train_z: np.ndarray, z: np.ndarray, bandwidth: float) -> np.ndarray:
@@ -193,7 +198,7 @@ def test_pca_projection_is_stored_and_applied(kind, whiten, cnn_like_features, t
         scaler = detector.estimator.scaler_
         reference = -exact_kde_log_density(pca.transform(scaler.transform(train)),
                                            pca.transform(scaler.transform(test)), 0.1)
-    assert_equal_scores(loaded.score(test), reference)
+    assert_equal_scores(loaded.score(test), reference, float32_projection=True)
 
 
 def test_pca_components_out_of_range_is_a_clear_error(random_features):
