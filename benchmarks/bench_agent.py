@@ -67,37 +67,49 @@ def timed(owner, name: str, spent: dict, key: str) -> None:
         try:
             return original(*args, **kwargs)
         finally:
-            spent[key] += time.thread_time() - start
-            spent[key + " calls"] += 1
+            spent[key] = spent.get(key, 0.0) + time.thread_time() - start
+            spent[key + " calls"] = spent.get(key + " calls", 0) + 1
 
     setattr(owner, name, wrapper)
 
 
-def in_process(bundle: pathlib.Path, audio: np.ndarray) -> None:
-    pipeline = Pipeline(Bundle.load(bundle), num_threads=1)
-    spent = dict.fromkeys(["invoke", "invoke calls", "front end", "front end calls", "detectors",
-                           "detectors calls"], 0.0)
-    timed(pipeline.scorer.extractor.interpreter, "invoke", spent, "invoke")
-    timed(pipeline.front_end, "push", spent, "front end")
-    for detector in pipeline.scorer.detectors:
-        timed(detector, "score", spent, "detectors")
-    pipeline.push(audio[: SAMPLE_RATE * 12])  # warm up: first invokes, caches
-    pipeline.reset()
-    spent.update(dict.fromkeys(spent, 0.0))
-    start_cpu, start_wall = time.thread_time(), time.perf_counter()
+def stream(pipeline: Pipeline, audio: np.ndarray) -> tuple[float, int]:
+    """Feed the audio in microphone-sized chunks; (CPU seconds of this thread, patches scored)."""
+    start = time.thread_time()
     patches = 0
     for i in range(0, len(audio), FRAMES_PER_BUFFER):
         patches += len(pipeline.push(audio[i: i + FRAMES_PER_BUFFER]))
-    cpu, wall = time.thread_time() - start_cpu, time.perf_counter() - start_wall
+    return time.thread_time() - start, patches
+
+
+def in_process(bundle: pathlib.Path, audio: np.ndarray) -> None:
+    """Two passes over the same audio: the headline with only the invoke timed (a timer around every front-end
+    and detector call costs about a microsecond each, which would count as overhead), then the breakdown."""
     seconds = len(audio) / SAMPLE_RATE
+    spent: dict[str, float] = {}
+    pipeline = Pipeline(Bundle.load(bundle), num_threads=1)
+    timed(pipeline.scorer.extractor.interpreter, "invoke", spent, "invoke")
+    pipeline.push(audio[: SAMPLE_RATE * 12])  # warm up: first invokes, caches
+    pipeline.reset()
+    spent.clear()
+    cpu, patches = stream(pipeline, audio)
+    invoke = spent["invoke"]
     print(f"in process: {seconds:.0f} s of audio, {patches} patches, {spent['invoke calls']:.0f} invokes")
-    print(f"  CPU {cpu:.3f} s -> real-time factor {cpu / seconds:.4f} (goal <= 0.01); wall {wall:.3f} s")
-    print(f"  TFLite invoke {spent['invoke']:.3f} s ({spent['invoke'] / spent['invoke calls'] * 1e3:.2f} ms per "
-          f"patch); outside invoke {(cpu - spent['invoke']) / cpu:.1%} of the CPU (goal <= 15%)")
-    front_end = spent["front end"]
-    rest = cpu - spent["invoke"] - front_end - spent["detectors"]
-    print(f"  outside invoke: front end (Mel + images) {front_end / cpu:.1%}, detectors {spent['detectors'] / cpu:.1%}, "
-          f"the rest (tensor copies, window mean, Python) {rest / cpu:.1%}")
+    print(f"  CPU {cpu:.3f} s -> real-time factor {cpu / seconds:.4f} (goal <= 0.01)")
+    print(f"  TFLite invoke {invoke / patches * 1e3:.2f} ms per patch; outside invoke {(cpu - invoke) / patches * 1e3:.3f} "
+          f"ms per patch = {(cpu - invoke) / cpu:.1%} of the CPU (goal <= 15%)")
+
+    pipeline.reset()
+    spent.clear()
+    timed(pipeline.front_end, "push", spent, "front end")
+    for detector in pipeline.scorer.detectors:
+        timed(detector, "score", spent, "detectors")
+    cpu, patches = stream(pipeline, audio)
+    front_end, detectors = spent["front end"], spent["detectors"]
+    rest = cpu - spent["invoke"] - front_end - detectors
+    print(f"  breakdown (second pass, every stage timed): front end (Mel + images) {front_end / patches * 1e3:.3f} ms, "
+          f"detectors {detectors / patches * 1e3:.3f} ms, the rest (tensor copies, fusion, window mean, Python, "
+          f"timers) {rest / patches * 1e3:.3f} ms per patch")
 
 
 def proc_cpu_seconds(pid: int) -> float:
