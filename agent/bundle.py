@@ -18,11 +18,12 @@ from typing import Callable
 
 from agent.durable import fsync_directory
 from agent.errors import ModelError
+from agent.frames import FRAME_SOURCES
 from agent.spec import SCHEMA_VERSION, WINDOW_PATCHES, FrontEndParams
 
 MANIFEST = "bundle.json"
 EXTRACTOR_FILE = "extractor.tflite"
-FEATURE_SOURCES = ("cnn", "logmel-frames")
+FEATURE_SOURCES = ("cnn", *FRAME_SOURCES)
 FUSIONS = ("mean", "max")
 KEEP_VERSIONS = 3
 

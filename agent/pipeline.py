@@ -9,16 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.bundle import Bundle
+from agent.bundle import Bundle, DetectorEntry
 from agent.errors import ModelError
+from agent.frames import FRAME_DIMS, frame_rows, patch_means
 from agent.frontend import FrontEnd, PatchBatch
 from agent.scorers import Detector, load_detector
 from agent.spec import SAMPLE_RATE, logmel_extractor_sha256
-
-
-def frame_features(batch: PatchBatch) -> np.ndarray:
-    """The log-Mel frames of every patch, (n_patches × frames, mels): the input of frame-level detectors."""
-    return batch.db.transpose(0, 2, 1).reshape(-1, batch.db.shape[1])
 
 
 class PatchScorer:
@@ -35,10 +31,18 @@ class PatchScorer:
                 raise ModelError(f"{bundle.extractor_path}: sha256 {self.extractor.sha256[:12]} is not the extractor "
                                  f"the bundle was calibrated with ({bundle.extractor_sha256[:12]}); recalibrate or "
                                  "restore the model")
-        self.detectors: list[Detector] = [
-            load_detector(bundle.path / entry.file, extractor_sha256=bundle.extractor_sha256
-                          if entry.feature_source == "cnn" else logmel_extractor_sha256())
-            for entry in bundle.detectors]
+        self.detectors: list[Detector] = [self._load(entry) for entry in bundle.detectors]
+
+    def _load(self, entry: DetectorEntry) -> Detector:
+        """A bundle's detector, refused at start unless it was fitted on the features the bundle says it scores."""
+        cnn = entry.feature_source == "cnn"
+        detector = load_detector(self.bundle.path / entry.file,
+                                 extractor_sha256=self.bundle.extractor_sha256 if cnn else logmel_extractor_sha256())
+        dim = self.extractor.feature_dim if cnn else FRAME_DIMS[entry.feature_source]
+        if (detector.feature_source, detector.feature_dim) != (entry.feature_source, dim):
+            raise ModelError(f"{detector.path}: fitted on {detector.feature_dim}-d {detector.feature_source} "
+                             f"features, but the bundle scores it on {dim}-d {entry.feature_source}; recalibrate")
+        return detector
 
     def score(self, batch: PatchBatch) -> np.ndarray:
         """One anomaly score per patch (higher = more anomalous)."""
@@ -52,8 +56,7 @@ class PatchScorer:
     def _raw_scores(self, source: str, detector: Detector, batch: PatchBatch) -> np.ndarray:
         if source == "cnn":
             return detector.score(self.extractor.embed(batch.images))
-        frames = detector.score(frame_features(batch))
-        return frames.reshape(len(batch), -1).mean(axis=1)  # a patch scores the mean of its frames
+        return patch_means(detector.score(frame_rows(source, batch.db)), len(batch))
 
 
 @dataclass(frozen=True)

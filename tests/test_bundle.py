@@ -8,7 +8,8 @@ from agent.audio import read_wav
 from agent.bundle import Bundle, rollback, write_bundle
 from agent.errors import ModelError
 from agent.frontend import clip_patches
-from agent.pipeline import PatchScorer, Pipeline, frame_features
+from agent.frames import FRAME_SOURCES, frame_rows
+from agent.pipeline import PatchScorer, Pipeline
 from agent.scorers import window_mean
 from agent.spec import FrontEndParams, logmel_extractor_sha256
 from calibration.detectors import fit_detector
@@ -20,26 +21,32 @@ def normal_clips(shared_dir):
     return [read_wav(p) for p in paths]
 
 
+def fit_frame_detector(normal_clips, source: str):
+    rows = np.concatenate([frame_rows(source, clip_patches(c).db) for c in normal_clips[:4]])
+    return fit_detector("gmm", rows, logmel_extractor_sha256(), feature_source=source, n_components=4)
+
+
 @pytest.fixture(scope="module")
 def frame_detector(normal_clips):
-    frames = np.concatenate([frame_features(clip_patches(c)) for c in normal_clips[:4]])
-    return fit_detector("gmm", frames, logmel_extractor_sha256(), feature_source="logmel-frames", n_components=4)
+    return fit_frame_detector(normal_clips, "logmel-frames")
 
 
-def manifest(**changes):
+def manifest(source: str = "logmel-frames", **changes):
     base = {"machine": "pump1", "frontend": FrontEndParams().to_dict(), "fusion": "mean", "window_patches": 18,
-            "detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames"}],
+            "detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": source}],
             "threshold": {"high": 100.0, "low": 90.0}, "extractor": None}
     base.update(changes)
     return base
 
 
 def write(link, detector, **changes):
-    return write_bundle(link, manifest(**changes), lambda d: detector.save(d / "frames.npz"))
+    return write_bundle(link, manifest(detector.feature_source, **changes),
+                        lambda d: detector.save(d / "frames.npz"))
 
 
-def test_streaming_pipeline_equals_offline_window_means(tmp_path, normal_clips, frame_detector):
-    write(tmp_path / "bundle", frame_detector)
+@pytest.mark.parametrize("source", FRAME_SOURCES)
+def test_streaming_pipeline_equals_offline_window_means(tmp_path, normal_clips, source):
+    write(tmp_path / "bundle", fit_frame_detector(normal_clips, source))
     bundle = Bundle.load(tmp_path / "bundle")
     clip = np.concatenate(normal_clips[4:6])
     expected = window_mean(PatchScorer(bundle).score(clip_patches(clip)), 18)
@@ -141,4 +148,15 @@ def test_missing_or_unreadable_bundles(tmp_path, frame_detector):
     version = write(tmp_path / "bundle", frame_detector)
     (version / "frames.npz").write_bytes(b"garbage")
     with pytest.raises(ModelError, match="frames.npz"):
+        PatchScorer(Bundle.load(tmp_path / "bundle"))
+
+
+def test_a_detector_fitted_on_other_frame_features_is_refused_at_start(tmp_path, frame_detector):
+    version = write(tmp_path / "bundle", frame_detector)
+    path = version / "bundle.json"
+    manifest_now = json.loads(path.read_text())
+    manifest_now["detectors"][0]["feature_source"] = "logmel-deltas"
+    path.write_text(json.dumps(manifest_now))
+    with pytest.raises(ModelError, match=r"frames\.npz: fitted on 64-d logmel-frames features, but the bundle "
+                                         r"scores it on 192-d logmel-deltas"):
         PatchScorer(Bundle.load(tmp_path / "bundle"))

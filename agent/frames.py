@@ -1,0 +1,49 @@
+"""Frame-level features of the dB patches, for detectors that model the Mel frames directly instead of a CNN.
+
+- "logmel-frames": every 64-band frame of a patch (64 rows of 64 values).
+- "logmel-deltas": each frame with its first and second difference to the frames before it, as speech and
+  speaker models have long used (MFCC + delta + delta-delta): 62 rows of 192 values per patch, the first two
+  frames of a patch only serving as history. The differences carry what one frame cannot: amplitude modulation
+  at the shaft rate, ticks and impacts, a fluctuating leak.
+
+Rows are computed inside each patch alone, so a patch's rows do not depend on the patch before it and the
+stream and a recording give the same rows. A patch scores the mean of its rows' scores.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from agent.spec import N_MELS
+
+
+def logmel_frames(db: np.ndarray) -> np.ndarray:
+    """(n, mels, frames) dB patches → (n, frames, mels)."""
+    return db.transpose(0, 2, 1)
+
+
+def logmel_deltas(db: np.ndarray) -> np.ndarray:
+    """(n, mels, frames) dB patches → (n, frames - 2, 3 * mels): [frame, first difference, second difference]."""
+    frames = db.transpose(0, 2, 1)
+    first = frames[:, 1:] - frames[:, :-1]
+    second = first[:, 1:] - first[:, :-1]
+    return np.concatenate([frames[:, 2:], first[:, 1:], second], axis=2)
+
+
+FRAME_SOURCES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "logmel-frames": logmel_frames,
+    "logmel-deltas": logmel_deltas,
+}
+FRAME_DIMS = {"logmel-frames": N_MELS, "logmel-deltas": 3 * N_MELS}
+
+
+def frame_rows(source: str, db: np.ndarray) -> np.ndarray:
+    """The rows a frame-level detector of `source` scores for dB patches (n, mels, frames): (n * rows, dim)."""
+    rows = FRAME_SOURCES[source](np.asarray(db))
+    return rows.reshape(-1, rows.shape[2])
+
+
+def patch_means(row_scores: np.ndarray, n_patches: int) -> np.ndarray:
+    """A patch's score from its rows' scores: their mean."""
+    return row_scores.reshape(n_patches, -1).mean(axis=1)
