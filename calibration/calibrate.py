@@ -26,6 +26,7 @@ from agent.mel import mel_db
 from agent.scorers import window_mean
 from agent.spec import PATCH_SECONDS, SAMPLE_RATE, WINDOW_PATCHES, FrontEndParams
 from calibration.collect import Block, survey
+from calibration.candidates import CANDIDATES
 from calibration.selection import PRESETS, Selection, choose_pipeline, prepare_clip
 from calibration.threshold import (DEFAULT_FALSE_ALARMS_PER_DAY, HELDOUT_EVERY, MIN_HELDOUT_WINDOWS, Threshold,
                                    choose_threshold, heldout_mask)
@@ -44,8 +45,8 @@ class Calibration:
 
     machine: str
     selection: Selection
-    model_path: Path
-    extractor_sha256: str
+    model_path: Path | None  # the CNN feature extractor, None when no candidate needed one
+    extractor_sha256: str | None
     threshold: Threshold
     seconds: float
     sources: int
@@ -77,7 +78,7 @@ class Calibration:
             f"audio used: {self.seconds / 60:.1f} min from {self.sources} source(s)",
             f"patches: {self.fit_patches} for fitting, {self.heldout_patches} held out "
             f"({t.heldout_windows} independent 10 s windows, {t.heldout_scores} window scores)",
-            f"feature extractor: {self.model_path.name} (sha256 {self.extractor_sha256[:12]})",
+            *self._extractor_lines(),
             *self.selection.summary_lines(),
             f"alarm threshold: {t.high:.4g}  clear threshold: {t.low:.4g}  (standardised window score)",
             f"threshold method: {t.method} tail fit, final value set by {t.governed_by}",
@@ -90,6 +91,12 @@ class Calibration:
             lines.append(f"bundle: {self.bundle_dir}")
         lines += [f"warning: {w}" for w in self.warnings] or ["warnings: none"]
         return lines
+
+    def _extractor_lines(self) -> list[str]:
+        if self.model_path is None:
+            return ["feature extractor: none (no candidate uses the CNN)"]
+        used = "" if self.selection.uses_cnn else ", not used by the chosen pipeline: left out of the bundle"
+        return [f"feature extractor: {self.model_path.name} (sha256 {self.extractor_sha256[:12]}{used})"]
 
 
 def calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os.PathLike | None,
@@ -119,23 +126,25 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
     clock = _StageClock()
     with clock("checks"):
         checked = survey(blocks)
-    extractor = Extractor(model_path, num_threads=num_threads)
-    params = FrontEndParams.from_dict(extractor.info["frontend"])
+    # The CNN is loaded and run only when a candidate of the preset uses it (not for the log-Mel presets).
+    extractor = Extractor(model_path, num_threads=num_threads) if _needs_cnn(preset) else None
+    params = FrontEndParams.from_dict(extractor.info["frontend"]) if extractor else FrontEndParams()
+    sha256 = extractor.sha256 if extractor else None
     with clock("features"):
         log.info("front end and CNN features of %.1f min of audio", checked.seconds / 60)
         clips = [prepare_clip(block.samples, extractor, params) for block in blocks]
     held = heldout_mask([len(c.db) for c in clips])
     _require_enough(checked.seconds, [len(c.db) for c in clips], held)
     with clock("fit_and_select"):
-        selection = choose_pipeline(clips, held, extractor.sha256, extractor, params, candidates=PRESETS[preset],
+        selection = choose_pipeline(clips, held, sha256, extractor, params, candidates=PRESETS[preset],
                                     false_alarms_per_day=false_alarms_per_day)
     with tempfile.TemporaryDirectory(prefix="humwatch-calibrate-") as scratch:
         with clock("threshold"):
             # the fitted detectors score through the board's own numpy scorers, as the agent's PatchScorer will
             result = _threshold_on_heldout([selection.patch_scores(c) for c in clips], held, false_alarms_per_day,
                                            _score_ceiling(selection))
-        result.update(machine=machine, selection=selection, model_path=Path(model_path),
-                      extractor_sha256=extractor.sha256, seconds=checked.seconds,
+        result.update(machine=machine, selection=selection, model_path=Path(model_path) if extractor else None,
+                      extractor_sha256=sha256, seconds=checked.seconds,
                       sources=len({b.source for b in blocks}),
                       warnings=checked.warnings + selection.warnings
                       + _threshold_warnings(result["threshold"], selection.chosen.name),
@@ -146,7 +155,8 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
         if out is not None:
             with clock("bundle"):
                 calibration.bundle_dir = write_bundle(out, _manifest(calibration, extractor, params),
-                                                      _filler(selection, reports), extractor=model_path)
+                                                      _filler(selection, reports),
+                                                      extractor=model_path if selection.uses_cnn else None)
             log.info("bundle written to %s (now %s)", out, calibration.bundle_dir)
         if report_dir is not None:
             Path(report_dir).mkdir(parents=True, exist_ok=True)
@@ -244,17 +254,23 @@ def _require_enough(seconds: float, patch_counts: list[int], held: np.ndarray) -
         f"give at least {needed_min:.0f} min of normal sound (clips of 10 s or longer)")
 
 
-def _manifest(result: Calibration, extractor: Extractor, params: FrontEndParams) -> dict:
-    info = extractor.info
+def _needs_cnn(preset: str) -> bool:
+    return any(CANDIDATES[name].uses_cnn() for name in PRESETS[preset])
+
+
+def _manifest(result: Calibration, extractor: Extractor | None, params: FrontEndParams) -> dict:
+    """bundle.json; a pipeline without CNN detectors names no extractor, so the agent never loads TFLite for it."""
+    cnn = None
+    if result.selection.uses_cnn:
+        cnn = {"sha256": extractor.sha256, "source": result.model_path.name, "feature_dim": extractor.feature_dim,
+               **{k: extractor.info[k] for k in ("architecture", "precision") if k in extractor.info}}
     return {
         "machine": result.machine,
         "frontend": params.to_dict(),
         "window_patches": WINDOW_PATCHES,
         **result.selection.manifest_fields(),
         "threshold": result.threshold.to_dict(),
-        "extractor": {"sha256": extractor.sha256, "source": result.model_path.name,
-                      "feature_dim": extractor.feature_dim,
-                      **{k: info[k] for k in ("architecture", "precision") if k in info}},
+        "extractor": cnn,
         "calibration": result.stats(),
     }
 

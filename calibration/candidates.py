@@ -11,7 +11,9 @@ candidates reuse the CNN and log-Mel parts), so each part is fitted and scored o
 - cnn-ocsvm:   the same features, OC-SVM with the paper's nu = 1e-4 and gamma by scikit-learn's 'scale' rule.
 - logmel-gmm:  no CNN: a diagonal GMM with 16 components on single 64-band log-Mel frames; a patch scores the mean
                of its frames. Sees level and band-energy changes that per-patch min-max images hide.
-- fusion:      cnn-pca-gmm and logmel-gmm, each standardised by its held-out normal scores, averaged
+- logmel-delta-gmm: the same on each frame with its first and second differences (192 values,
+               `agent.frames`): also sees modulation, ticks and impacts, which single frames average away.
+- fusion:      cnn-pca-gmm and logmel-delta-gmm, each standardised by its held-out normal scores, averaged
                (fusion-max: the larger of the two).
 """
 from __future__ import annotations
@@ -22,8 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
-from agent.frontend import PatchBatch
-from agent.pipeline import frame_features
+from agent.frames import frame_rows, patch_means
 from agent.spec import PATCH_FRAMES, PATCH_HOP_FRAMES, logmel_extractor_sha256
 from calibration.detectors import FittedDetector, fit_detector
 
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 CNN = "cnn"
 LOGMEL = "logmel-frames"
+LOGMEL_DELTAS = "logmel-deltas"
+FRAME_GMM = (("n_components", 16), ("reg_covar", 1e-3), ("max_iter", 200))
 # Frames fitted by a frame-level detector at most: ten minutes of audio give ~37,000, a subsample is as good.
 MAX_FIT_FRAMES = 20_000
 
@@ -66,15 +69,17 @@ PARTS = {p.name: p for p in (
     Part("cnn-gmm80", "gmm", CNN),
     Part("cnn-pca-gmm", "gmm", CNN, pca_components=64, pca_whiten=True, bic_components=(1, 2, 4, 8, 16)),
     Part("cnn-ocsvm", "ocsvm", CNN),
-    Part("logmel-gmm", "gmm", LOGMEL, overrides=(("n_components", 16), ("reg_covar", 1e-3), ("max_iter", 200))),
+    Part("logmel-gmm", "gmm", LOGMEL, overrides=FRAME_GMM),
+    Part("logmel-delta-gmm", "gmm", LOGMEL_DELTAS, overrides=FRAME_GMM),
 )}
 CANDIDATES = {c.name: c for c in (
     Candidate("paper", ("cnn-gmm80",)),
     Candidate("cnn-pca-gmm", ("cnn-pca-gmm",)),
     Candidate("cnn-ocsvm", ("cnn-ocsvm",)),
     Candidate("logmel-gmm", ("logmel-gmm",)),
-    Candidate("fusion", ("cnn-pca-gmm", "logmel-gmm"), "mean"),
-    Candidate("fusion-max", ("cnn-pca-gmm", "logmel-gmm"), "max"),
+    Candidate("logmel-delta-gmm", ("logmel-delta-gmm",)),
+    Candidate("fusion", ("cnn-pca-gmm", "logmel-delta-gmm"), "mean"),
+    Candidate("fusion-max", ("cnn-pca-gmm", "logmel-delta-gmm"), "max"),
 )}
 
 
@@ -86,7 +91,7 @@ def fit_part(part: Part, cnn: np.ndarray | None, db: np.ndarray, extractor_sha25
             raise ValueError(f"part {part.name} needs CNN features and the extractor's sha256")
         features, sha = cnn, extractor_sha256
     else:
-        features, sha = fit_frames(db, seed), logmel_extractor_sha256()
+        features, sha = fit_rows(part.feature_source, db, seed), logmel_extractor_sha256()
     pca = None if part.pca_components is None else min(part.pca_components, len(features) - 1, features.shape[1])
 
     def fit(**extra) -> FittedDetector:
@@ -106,14 +111,14 @@ def score_part(part: Part, fitted: FittedDetector, cnn: np.ndarray | None, db: n
         return fitted.score(cnn)
     if len(db) == 0:
         return np.empty(0)
-    return fitted.score(frame_features(PatchBatch(db=db))).reshape(len(db), -1).mean(axis=1)
+    return patch_means(fitted.score(frame_rows(part.feature_source, db)), len(db))
 
 
-def fit_frames(db: np.ndarray, seed: int) -> np.ndarray:
-    """The log-Mel frames to fit on: every frame once (patches overlap by half, so every other patch), subsampled
-    to MAX_FIT_FRAMES with a seeded draw."""
+def fit_rows(source: str, db: np.ndarray, seed: int) -> np.ndarray:
+    """The frame rows to fit on: each frame once (patches overlap by half, so every other patch), subsampled to
+    MAX_FIT_FRAMES with a seeded draw."""
     step = PATCH_FRAMES // PATCH_HOP_FRAMES
-    frames = frame_features(PatchBatch(db=db[::step]))
+    frames = frame_rows(source, db[::step])
     if len(frames) > MAX_FIT_FRAMES:
         keep = np.sort(np.random.default_rng(seed).choice(len(frames), MAX_FIT_FRAMES, replace=False))
         frames = frames[keep]

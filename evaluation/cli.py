@@ -27,9 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="converted TFLite feature extractors (humwatch convert), e.g. float32 and int8")
     parser.add_argument("--detectors", default="gmm,ocsvm", help=f"comma list from {','.join(DETECTORS)}")
     parser.add_argument("--presets", default="auto",
-                        help="comma list of `humwatch calibrate` presets fitted as calibrate fits them, per model: "
-                             "auto (the default: chosen per machine by synthetic faults), paper, cnn-pca-gmm, "
-                             "cnn-ocsvm, logmel-gmm, fusion, fusion-max; or 'none'")
+                        help="comma list of `humwatch calibrate --preset` names fitted as calibrate fits them, per "
+                             "model: auto (the default: chosen per machine by synthetic faults), paper, or any "
+                             "candidate pipeline; or 'none'")
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma list from {','.join(PEERS)}, or 'none'")
     parser.add_argument("--seeds", type=int, default=5, help="protocol repetitions (seeds 0..N-1)")
     parser.add_argument("--max-normal-test", type=int, default=PAPER_NORMAL_TEST,

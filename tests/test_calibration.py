@@ -368,3 +368,21 @@ def test_a_saturating_detector_gets_a_threshold_it_can_reach():
     assert chosen.governed_by == "ceiling" and chosen.high == pytest.approx(scores.max() + 0.5)
     assert chosen.expected_false_alarms_per_day > 1 / 7  # and calibration warns that the rate is not met
     assert choose_threshold(scores, 20, 1 / 7, ceiling=100.0).governed_by == "gaussian"
+
+
+def test_a_pipeline_without_the_cnn_needs_no_model_and_its_bundle_carries_none(tmp_path, normal_paths, dcase):
+    """The log-Mel presets never load TFLite: calibrate without a converted model, and the agent with none.
+    (On this machine the log-Mel GMM with deltas ranks the real anomaly high among unheard normal clips but below
+    its one-false-alarm-a-week threshold, and `auto` chooses the paper's pipeline, which alarms on it.)"""
+    out = tmp_path / "bundle"
+    result = calibrate(wav_blocks(normal_paths[:CALIBRATION_CLIPS]), tmp_path / "not-converted.tflite", out,
+                       preset="logmel-delta-gmm", report=False)
+    bundle = Bundle.load(out)
+    assert bundle.extractor_sha256 is None and not (out / "extractor.tflite").exists()
+    assert [(d.kind, d.feature_source) for d in bundle.detectors] == [("gmm", "logmel-deltas")]
+    assert "feature extractor: none" in "\n".join(result.summary_lines())
+    pipeline = Pipeline(bundle)
+    assert pipeline.scorer.extractor is None
+    anomaly = window_scores(pipeline, read_wav(dcase / "test" / "anomaly_id_00_00000000.wav")).max()
+    normal = [window_scores(pipeline, read_wav(p))[-1] for p in normal_paths[CALIBRATION_CLIPS:]]
+    assert np.mean(anomaly > np.array(normal)) >= 0.9
