@@ -179,6 +179,6 @@ def fit_detector(kind: str, features: np.ndarray, extractor_sha256: str, feature
         raise ValueError(f"extractor_sha256 must be 64 lowercase hex digits, not {extractor_sha256!r}")
     estimator = AnomalyDetector(kind=kind, params=overrides, pca_components=pca_components, pca_whiten=pca_whiten,
                                 random_state=random_state).fit(features)
-    log.info("fitted %s detector on %d patches of %d features (%s)", kind, len(features),
+    log.info("fitted %s detector on %d feature rows of %d values (%s)", kind, len(features),
              estimator.n_features_in_, ", ".join(f"{k}={v}" for k, v in sorted(estimator.model_params_.items())))
     return FittedDetector(estimator=estimator, extractor_sha256=extractor_sha256, feature_source=feature_source)
