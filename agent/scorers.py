@@ -250,7 +250,11 @@ class Detector:
         self.scorer = scorer_class(arrays, model_dim)
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        """Standardise with the training scaler, then project if the detector was fitted after a PCA."""
+        """Standardise with the training scaler, then project if the detector was fitted after a PCA.
+
+        Standardising first is what keeps a mixture exact: a constant training feature gets a precision near
+        1/reg_covar (1e22 in an unused B-GMM component), harmless on z = 0 but ruinous if folded into the raw
+        features' quadratic form."""
         if self.projection is None:
             return (features - self.scaler_mean) / self.scaler_scale
         return (np.asarray(features, dtype=np.float32) - self.centre) @ self.projection.T + self.offset
@@ -305,9 +309,9 @@ def log_sum_exp(values: np.ndarray) -> np.ndarray:
     """log(sum(exp(values), axis=1)) without overflow or underflow: the row maximum is taken out first."""
     if values.shape[1] == 0:
         return np.full(len(values), -np.inf)
-    peak = values.max(axis=1)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
-    return np.log(np.exp(values - peak[:, np.newaxis]).sum(axis=1)) + peak
+    peak = values.max(axis=1, keepdims=True)
+    peak[~np.isfinite(peak)] = 0.0
+    return np.log(np.exp(values - peak).sum(axis=1)) + peak[:, 0]
 
 
 def average_path_length(n_samples: np.ndarray) -> np.ndarray:
