@@ -191,7 +191,7 @@ def main() -> None:
         bundle = args.bundle or calibrated_bundle(args.model, args.preset, work)
         info = Bundle.load(bundle)
         print(f"bundle {info.id}: {json.dumps(info.model_ids)}, extractor "
-              f"{info.manifest.get('extractor', {}).get('source')}, threshold {info.threshold_high:.3g}")
+              f"{(info.manifest.get('extractor') or {}).get('source', 'none')}, threshold {info.threshold_high:.3g}")
         in_process(bundle, back_and_forth(normal, args.seconds))
         live_agent(bundle, normal, fault, work)
 
