@@ -25,8 +25,8 @@ from agent.extractor import Extractor
 from agent.mel import mel_db
 from agent.scorers import window_mean
 from agent.spec import PATCH_SECONDS, SAMPLE_RATE, WINDOW_PATCHES, FrontEndParams
-from calibration.collect import Block, survey
 from calibration.candidates import CANDIDATES
+from calibration.collect import Block, survey
 from calibration.selection import PRESETS, Selection, choose_pipeline, prepare_clip
 from calibration.threshold import (DEFAULT_FALSE_ALARMS_PER_DAY, HELDOUT_EVERY, MIN_HELDOUT_WINDOWS, Threshold,
                                    choose_threshold, heldout_mask)
