@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from agent.spec import N_MELS
+from agent.spec import N_MELS, PATCH_FRAMES
 
 
 def logmel_frames(db: np.ndarray) -> np.ndarray:
@@ -35,13 +35,17 @@ FRAME_SOURCES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "logmel-frames": logmel_frames,
     "logmel-deltas": logmel_deltas,
 }
-FRAME_DIMS = {"logmel-frames": N_MELS, "logmel-deltas": 3 * N_MELS}
 
 
 def frame_rows(source: str, db: np.ndarray) -> np.ndarray:
     """The rows a frame-level detector of `source` scores for dB patches (n, mels, frames): (n * rows, dim)."""
     rows = FRAME_SOURCES[source](np.asarray(db))
     return rows.reshape(-1, rows.shape[2])
+
+
+def frame_dim(source: str) -> int:
+    """How many values a row of `source` has, from the row function itself (no second table to keep in step)."""
+    return frame_rows(source, np.zeros((1, N_MELS, PATCH_FRAMES), np.float32)).shape[1]
 
 
 def patch_means(row_scores: np.ndarray, n_patches: int) -> np.ndarray:

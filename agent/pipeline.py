@@ -11,7 +11,7 @@ import numpy as np
 
 from agent.bundle import Bundle, DetectorEntry
 from agent.errors import ModelError
-from agent.frames import FRAME_DIMS, frame_rows, patch_means
+from agent.frames import frame_dim, frame_rows, patch_means
 from agent.frontend import FrontEnd, PatchBatch
 from agent.scorers import Detector, load_detector
 from agent.spec import SAMPLE_RATE, logmel_extractor_sha256
@@ -38,7 +38,7 @@ class PatchScorer:
         cnn = entry.feature_source == "cnn"
         detector = load_detector(self.bundle.path / entry.file,
                                  extractor_sha256=self.bundle.extractor_sha256 if cnn else logmel_extractor_sha256())
-        dim = self.extractor.feature_dim if cnn else FRAME_DIMS[entry.feature_source]
+        dim = self.extractor.feature_dim if cnn else frame_dim(entry.feature_source)
         if (detector.feature_source, detector.feature_dim) != (entry.feature_source, dim):
             raise ModelError(f"{detector.path}: fitted on {detector.feature_dim}-d {detector.feature_source} "
                              f"features, but the bundle scores it on {dim}-d {entry.feature_source}; recalibrate")

@@ -1,7 +1,7 @@
 """Frame-level features: each row is what the module says it is, computed inside one patch."""
 import numpy as np
 
-from agent.frames import FRAME_DIMS, FRAME_SOURCES, frame_rows, patch_means
+from agent.frames import FRAME_SOURCES, frame_dim, frame_rows, patch_means
 from agent.spec import N_MELS, PATCH_FRAMES
 
 
@@ -30,7 +30,7 @@ def test_a_patch_rows_do_not_depend_on_other_patches():
     db = patches()
     for source in FRAME_SOURCES:
         alone = frame_rows(source, db[1:2])
-        together = frame_rows(source, db).reshape(len(db), -1, FRAME_DIMS[source])[1]
+        together = frame_rows(source, db).reshape(len(db), -1, frame_dim(source))[1]
         np.testing.assert_array_equal(alone, together)
 
 
