@@ -41,7 +41,7 @@ from agent.frontend import images_from_db  # noqa: E402
 from agent.spec import WINDOW_PATCHES, FrontEndParams  # noqa: E402
 from calibration.candidates import CANDIDATES, CNN, Part, fit_part, score_part  # noqa: E402
 from calibration.faults import fault_grid, inject  # noqa: E402
-from calibration.selection import NormalClip, choose_from_files, prepare_clip  # noqa: E402
+from calibration.selection import NormalClip, choose_from_files, leaves_default, prepare_clip  # noqa: E402
 from calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY, choose_threshold, heldout_mask  # noqa: E402
 from evaluation.cache import FeatureCache  # noqa: E402
 from evaluation.datasets import MachineClips, find_machines  # noqa: E402
@@ -235,9 +235,8 @@ def policy_table(rows: list[Row], choices: list[tuple], config: str = MAIN) -> s
             picked = {}
             for machine, seed, caught in decisions:
                 best = max(caught, key=lambda k: (caught[k], -list(caught).index(k)))
-                lead = caught[best] - caught.get(default, 0.0)
-                switch = default not in caught or (lead >= margin and caught[best] >= ratio * caught[default]
-                                                   and best != default)
+                switch = default not in caught or (best != default
+                                                   and leaves_default(caught[best], caught[default], margin, ratio))
                 pick = best if switch else default
                 picked.setdefault(machine.split("/")[0], []).append(real[(pick, machine, seed)])
             values = [float(np.mean(picked[t])) for t in types]

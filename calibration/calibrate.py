@@ -25,9 +25,8 @@ from agent.extractor import Extractor
 from agent.mel import mel_db
 from agent.scorers import window_mean
 from agent.spec import PATCH_SECONDS, SAMPLE_RATE, WINDOW_PATCHES, FrontEndParams
-from calibration.candidates import CANDIDATES
 from calibration.collect import Block, survey
-from calibration.selection import PRESETS, Selection, choose_pipeline, prepare_clip
+from calibration.selection import PRESETS, Selection, choose_pipeline, prepare_clip, preset_uses_cnn
 from calibration.threshold import (DEFAULT_FALSE_ALARMS_PER_DAY, HELDOUT_EVERY, MIN_HELDOUT_WINDOWS, Threshold,
                                    choose_threshold, heldout_mask)
 
@@ -127,11 +126,11 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
     with clock("checks"):
         checked = survey(blocks)
     # The CNN is loaded and run only when a candidate of the preset uses it (not for the log-Mel presets).
-    extractor = Extractor(model_path, num_threads=num_threads) if _needs_cnn(preset) else None
+    extractor = Extractor(model_path, num_threads=num_threads) if preset_uses_cnn(preset) else None
     params = FrontEndParams.from_dict(extractor.info["frontend"]) if extractor else FrontEndParams()
     sha256 = extractor.sha256 if extractor else None
     with clock("features"):
-        log.info("front end and CNN features of %.1f min of audio", checked.seconds / 60)
+        log.info("front end%s of %.1f min of audio", " and CNN features" if extractor else "", checked.seconds / 60)
         clips = [prepare_clip(block.samples, extractor, params) for block in blocks]
     held = heldout_mask([len(c.db) for c in clips])
     _require_enough(checked.seconds, [len(c.db) for c in clips], held)
@@ -252,10 +251,6 @@ def _require_enough(seconds: float, patch_counts: list[int], held: np.ndarray) -
         f"{window_s:.1f} s (one block in {HELDOUT_EVERY} is held out, never fitted) and {fit_patches} fitting "
         f"patches; {MIN_HELDOUT_WINDOWS} held-out windows and {MIN_FIT_PATCHES} fitting patches are needed: "
         f"give at least {needed_min:.0f} min of normal sound (clips of 10 s or longer)")
-
-
-def _needs_cnn(preset: str) -> bool:
-    return any(CANDIDATES[name].uses_cnn() for name in PRESETS[preset])
 
 
 def _manifest(result: Calibration, extractor: Extractor | None, params: FrontEndParams) -> dict:

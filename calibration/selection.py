@@ -48,6 +48,11 @@ DEFAULT_RATIO = 2.0
 # `humwatch calibrate --preset NAME`: "auto" chooses among every candidate; a candidate's name fits that one alone
 # ("paper" is the reproducible configuration of Müller et al. 2020).
 PRESETS = {"auto": tuple(CANDIDATES), **{name: (name,) for name in CANDIDATES}}
+
+
+def preset_uses_cnn(preset: str) -> bool:
+    """Whether any candidate of the preset needs the CNN features (the log-Mel presets do not)."""
+    return any(CANDIDATES[name].uses_cnn() for name in PRESETS[preset])
 # Faulted windows per calibration: every fault of the default grid (5 kinds x 3 strengths) twice.
 MAX_FAULT_CLIPS = 30
 # Samples of one window: WINDOW_PATCHES patches of PATCH_FRAMES frames, hop PATCH_HOP_FRAMES (~9.7 s).
@@ -301,6 +306,13 @@ def _candidate_score(name: str, normal: list[dict[str, np.ndarray]],
     return CandidateScore(name, float(np.mean(list(caught.values()))), float(np.mean(aucs)), caught)
 
 
+def leaves_default(best_caught: float, default_caught: float, margin: float = DEFAULT_MARGIN,
+                   ratio: float = DEFAULT_RATIO) -> bool:
+    """Whether a candidate catching `best_caught` of the synthetic faults replaces a default catching
+    `default_caught`: only when it catches clearly more, `margin` more and `ratio` times as many."""
+    return best_caught - default_caught >= margin and best_caught >= ratio * default_caught
+
+
 def _decide(selection: Selection, usable: list[Candidate]) -> None:
     best = max(selection.table, key=lambda s: (s.detection, s.auc))  # ties: the earlier candidate
     default = {s.name: s for s in selection.table}.get(selection.default)
@@ -309,8 +321,7 @@ def _decide(selection: Selection, usable: list[Candidate]) -> None:
                                      f"{selection.default} unusable")
     elif best.name == default.name:
         choice, reason = default.name, f"default, catches most synthetic faults ({best.detection:.2f})"
-    elif (best.detection - default.detection >= selection.margin
-          and best.detection >= selection.ratio * default.detection):
+    elif leaves_default(best.detection, default.detection, selection.margin, selection.ratio):
         choice, reason = best.name, (f"catches clearly more synthetic faults ({best.detection:.2f}) than default "
                                      f"{default.name} ({default.detection:.2f})")
     else:
