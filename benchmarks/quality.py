@@ -194,7 +194,8 @@ def measure_real(folder: pathlib.Path, feats: Features, seeds: list[int], fault_
             f = [selection.patch_scores(c, candidate).mean() for c in faulted]
             a = np.array([selection.patch_scores(c, candidate).mean() for c in anomalies])
             held = np.array([selection.patch_scores(c, candidate).mean() for c in heldout])
-            threshold = choose_threshold(held, len(held), DEFAULT_FALSE_ALARMS_PER_DAY).high
+            threshold = choose_threshold(held, len(held), DEFAULT_FALSE_ALARMS_PER_DAY,
+                                         selection.score_ceiling(candidate)).high  # as calibrate sets it
             rows.append(Row("real-dcase-id00", name, "injected", seed, roc_auc(labels, np.r_[n, f]),
                             selection.chosen.name if name == "auto" else ""))
             rows.append(Row("real-dcase-id00", name, "anomaly-rank", seed,

@@ -141,7 +141,7 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
         with clock("threshold"):
             # the fitted detectors score through the board's own numpy scorers, as the agent's PatchScorer will
             result = _threshold_on_heldout([selection.patch_scores(c) for c in clips], held, false_alarms_per_day,
-                                           _score_ceiling(selection))
+                                           selection.score_ceiling())
         result.update(machine=machine, selection=selection, model_path=Path(model_path) if extractor else None,
                       extractor_sha256=sha256, seconds=checked.seconds,
                       sources=len({b.source for b in blocks}),
@@ -189,20 +189,6 @@ def _threshold_warnings(threshold: Threshold, detector: str) -> list[str]:
                f"says {threshold.expected_false_alarms_per_day:.2g} per day); the gmm detector does not saturate")
     log.warning("%s", message)
     return [message]
-
-
-def _score_ceiling(selection: Selection) -> float | None:
-    """The largest window score the chosen pipeline can give, or None if unbounded. An RBF OC-SVM scores
-    -(sum_i dual_i k(z, sv_i) + intercept) with dual_i >= 0 and 0 < k <= 1, so at most -intercept (standardised
-    here as the bundle standardises it); a GMM, or a fusion with one, is unbounded."""
-    ceilings = []
-    for part in selection.chosen.parts:
-        fitted = selection.fitted[part]
-        if fitted.kind != "ocsvm" or not np.all(fitted.board_detector.scorer.dual_coef >= 0):
-            return None
-        mean, std = selection.standardisation[part]
-        ceilings.append((-fitted.board_detector.scorer.intercept - mean) / std)
-    return max(ceilings) if ceilings else None
 
 
 def _filler(selection: Selection, reports: list[Path]):

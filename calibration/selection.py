@@ -138,6 +138,19 @@ class Selection:
         chosen = CANDIDATES[candidate] if candidate else self.chosen
         return _fused(chosen, {p: _standardised(self, p, clip) for p in chosen.parts})
 
+    def score_ceiling(self, candidate: str | None = None) -> float | None:
+        """The largest window score the chosen (or another fitted) candidate can give, or None if unbounded. An RBF
+        OC-SVM scores -(sum_i dual_i k(z, sv_i) + intercept) with dual_i >= 0 and 0 < k <= 1, so at most
+        -intercept (standardised here as the bundle standardises it); a GMM, or a fusion with one, is unbounded."""
+        ceilings = []
+        for part in (CANDIDATES[candidate] if candidate else self.chosen).parts:
+            fitted = self.fitted[part]
+            if fitted.kind != "ocsvm" or not np.all(fitted.board_detector.scorer.dual_coef >= 0):
+                return None
+            mean, std = self.standardisation[part]
+            ceilings.append((-fitted.board_detector.scorer.intercept - mean) / std)
+        return max(ceilings) if ceilings else None
+
     def report(self) -> dict:
         """For bundle.json's `calibration` section and the technician's report."""
         return {"chosen": self.chosen.name, "reason": self.reason, "default": self.default, "margin": self.margin,
