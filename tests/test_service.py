@@ -326,6 +326,10 @@ def test_start_failures_are_one_line_and_exit_2(alsa_device, mosquitto, agents, 
     line = start_failure(agents, env, mismatched, mosquitto)
     assert "extractor.tflite" in line and "is not the extractor the bundle was calibrated with" in line
 
+    (mismatched / "extractor.tflite").unlink()  # the model the bundle names is missing
+    line = start_failure(agents, env, mismatched, mosquitto)
+    assert re.search(r"mismatched/extractor\.tflite: model file not found", line), line
+
     bad_ca = tmp_path / "ca.pem"
     bad_ca.write_text("not a certificate\n")
     agent = agents(env, good, mosquitto)
