@@ -47,6 +47,7 @@ class Bundle:
     frontend: FrontEndParams
     detectors: tuple[DetectorEntry, ...]
     fusion: str
+    patch_score_cap: float | None  # each detector's standardised patch score is limited to this before fusion
     window_patches: int
     threshold_high: float
     threshold_low: float
@@ -120,12 +121,16 @@ class Bundle:
         fusion = field("fusion", str, "mean")
         if fusion not in FUSIONS:
             raise ModelError(f"{where}: fusion {fusion!r} is not one of {FUSIONS}")
+        cap = m.get("patch_score_cap")
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
+            raise ModelError(f"{where}: patch_score_cap must be a positive number or null")
         window = field("window_patches", int, WINDOW_PATCHES)
         if window < 1:
             raise ModelError(f"{where}: window_patches must be at least 1")
         return cls(path=root, id=field("id", str), machine=field("machine", str, ""), frontend=frontend,
-                   detectors=tuple(entries), fusion=fusion, window_patches=window, threshold_high=float(high),
-                   threshold_low=float(low), extractor_sha256=extractor_sha, manifest=m)
+                   detectors=tuple(entries), fusion=fusion, patch_score_cap=None if cap is None else float(cap),
+                   window_patches=window, threshold_high=float(high), threshold_low=float(low),
+                   extractor_sha256=extractor_sha, manifest=m)
 
 
 def _kind_name(kind) -> str:

@@ -50,13 +50,22 @@ class PatchScorer:
             return np.empty(0)
         per_detector = [(self._raw_scores(entry.feature_source, detector, batch) - entry.score_mean) / entry.score_std
                         for entry, detector in zip(self.bundle.detectors, self.detectors)]
-        stacked = np.stack(per_detector)
-        return stacked.max(axis=0) if self.bundle.fusion == "max" else stacked.mean(axis=0)
+        return fuse(per_detector, self.bundle.fusion, self.bundle.patch_score_cap)
 
     def _raw_scores(self, source: str, detector: Detector, batch: PatchBatch) -> np.ndarray:
         if source == "cnn":
             return detector.score(self.extractor.embed(batch.images))
         return patch_means(detector.score(frame_rows(source, batch.db)), len(batch))
+
+
+def fuse(standardised: list[np.ndarray], fusion: str, cap: float | None = None) -> np.ndarray:
+    """One score per patch from each detector's standardised scores: mean or max, each first limited to `cap`.
+    The cap keeps one patch from carrying a window: a GMM on 2048 CNN features can score a half-second knock in the
+    hall 40 standard deviations out, enough alone to lift 18 windows over the threshold; a fault lasts."""
+    stacked = np.stack(standardised)
+    if cap is not None:
+        stacked = np.minimum(stacked, cap)
+    return stacked.max(axis=0) if fusion == "max" else stacked.mean(axis=0)
 
 
 @dataclass(frozen=True)
