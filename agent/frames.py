@@ -1,10 +1,12 @@
 """Frame-level features of the dB patches, for detectors that model the Mel frames directly instead of a CNN.
 
 - "logmel-frames": every 64-band frame of a patch (64 rows of 64 values).
-- "logmel-deltas": each frame with its first and second difference to the frames before it, as speech and
-  speaker models have long used (MFCC + delta + delta-delta): 62 rows of 192 values per patch, the first two
-  frames of a patch only serving as history. The differences carry what one frame cannot: amplitude modulation
-  at the shaft rate, ticks and impacts, a fluctuating leak.
+- "logmel-dynamics": each frame's first and second difference to the frames before it, the deltas and
+  delta-deltas speech and speaker models have long added to their frames: 62 rows of 128 values per patch, the
+  first two frames of a patch only serving as history. They carry what one frame cannot: amplitude modulation at
+  the shaft rate, ticks and impacts, a fluctuating leak. They leave out the frame itself: a detector on the
+  spectrum and one on its dynamics, each standardised, detect more than one detector on both (the spectrum's 64
+  values are outweighed by 128 differences in a joint likelihood; benchmarks/RESULTS.md).
 
 Rows are computed inside each patch alone, so a patch's rows do not depend on the patch before it and the
 stream and a recording give the same rows. A patch scores the mean of its rows' scores.
@@ -23,17 +25,17 @@ def logmel_frames(db: np.ndarray) -> np.ndarray:
     return db.transpose(0, 2, 1)
 
 
-def logmel_deltas(db: np.ndarray) -> np.ndarray:
-    """(n, mels, frames) dB patches → (n, frames - 2, 3 * mels): [frame, first difference, second difference]."""
+def logmel_dynamics(db: np.ndarray) -> np.ndarray:
+    """(n, mels, frames) dB patches → (n, frames - 2, 2 * mels): [first difference, second difference]."""
     frames = db.transpose(0, 2, 1)
     first = frames[:, 1:] - frames[:, :-1]
     second = first[:, 1:] - first[:, :-1]
-    return np.concatenate([frames[:, 2:], first[:, 1:], second], axis=2)
+    return np.concatenate([first[:, 1:], second], axis=2)
 
 
 FRAME_SOURCES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "logmel-frames": logmel_frames,
-    "logmel-deltas": logmel_deltas,
+    "logmel-dynamics": logmel_dynamics,
 }
 
 

@@ -26,6 +26,7 @@ from sklearn.metrics import roc_auc_score
 from agent.audio import read_wav
 from agent.errors import ConfigError
 from agent.frontend import clip_patches
+from agent.pipeline import fuse
 from agent.spec import HOP_LENGTH, N_FFT, PATCH_FRAMES, PATCH_HOP_FRAMES, WINDOW_PATCHES, FrontEndParams
 from calibration.candidates import CANDIDATES, CNN, PARTS, Candidate, fit_part, score_part
 from calibration.detectors import FittedDetector
@@ -35,14 +36,15 @@ from calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY, choose_threshold
 log = logging.getLogger(__name__)
 
 # The documented default, from the measurements in benchmarks/RESULTS.md (section "Detection quality and
-# per-machine selection"): the CNN detector and the log-Mel delta GMM, standardised, max. On the synthetic
-# development set it is within 0.015 AUC of the delta GMM alone (the best there) and ahead of every CNN-only and
-# single-frame pipeline; on the shared real clips it alarms on the real anomaly in 4 of 5 splits at one false alarm
-# a week, where the log-Mel pipelines alone never do. Another candidate replaces it only when it catches clearly
-# more synthetic faults at its own threshold: a share larger by DEFAULT_MARGIN and at least DEFAULT_RATIO times
-# the default's. A lead of a few of the 30 faulted windows is noise and switching on it measured worse than keeping
-# the default; a default that catches (almost) nothing at its operating point is blind on this machine.
-DEFAULT_CANDIDATE = "fusion-max"
+# per-machine selection"): the paper's GMM-80 on the CNN features and two log-Mel GMMs, one on the spectrum and one
+# on its dynamics, each standardised, averaged. On the synthetic development set it is within 0.023 AUC of the best
+# candidate on every machine type; on the shared real clips it alarms on the real anomaly in 5 of 5 splits at one
+# false alarm a week, and it keeps the CNN's ear for whines that the log-Mel GMMs alone miss. Another candidate
+# replaces it only when it catches clearly more synthetic faults at its own threshold: a share larger by
+# DEFAULT_MARGIN and at least DEFAULT_RATIO times the default's. A lead of a few of the 30 faulted windows is noise
+# and switching on it measured worse than keeping the default; a default that catches (almost) nothing at its
+# operating point is blind on this machine.
+DEFAULT_CANDIDATE = "fusion"
 DEFAULT_MARGIN = 0.05
 DEFAULT_RATIO = 2.0
 # `humwatch calibrate --preset NAME`: "auto" chooses among every candidate; a candidate's name fits that one alone
@@ -121,8 +123,8 @@ class Selection:
         return self.chosen.fusion
 
     def manifest_fields(self) -> dict:
-        """The bundle manifest's `detectors` and `fusion` for the chosen candidate (see agent.bundle)."""
-        return {"fusion": self.fusion,
+        """The bundle manifest's `detectors`, `fusion` and `patch_score_cap` for the chosen candidate (agent.bundle)."""
+        return {"fusion": self.fusion, "patch_score_cap": self.chosen.patch_score_cap,
                 "detectors": [{"file": PARTS[p].file, "kind": PARTS[p].kind, "feature_source": PARTS[p].feature_source,
                                "score_mean": self.standardisation[p][0], "score_std": self.standardisation[p][1]}
                               for p in self.chosen.parts]}
@@ -141,15 +143,22 @@ class Selection:
     def score_ceiling(self, candidate: str | None = None) -> float | None:
         """The largest window score the chosen (or another fitted) candidate can give, or None if unbounded. An RBF
         OC-SVM scores -(sum_i dual_i k(z, sv_i) + intercept) with dual_i >= 0 and 0 < k <= 1, so at most
-        -intercept (standardised here as the bundle standardises it); a GMM, or a fusion with one, is unbounded."""
-        ceilings = []
-        for part in (CANDIDATES[candidate] if candidate else self.chosen).parts:
-            fitted = self.fitted[part]
-            if fitted.kind != "ocsvm" or not np.all(fitted.board_detector.scorer.dual_coef >= 0):
-                return None
-            mean, std = self.standardisation[part]
-            ceilings.append((-fitted.board_detector.scorer.intercept - mean) / std)
-        return max(ceilings) if ceilings else None
+        -intercept (standardised here as the bundle standardises it); a GMM is unbounded, unless its pipeline caps
+        each patch score (agent.pipeline.fuse)."""
+        chosen = CANDIDATES[candidate] if candidate else self.chosen
+        ceilings = [self._ocsvm_ceiling(part) for part in chosen.parts]
+        bound = None if None in ceilings else max(ceilings)
+        cap = chosen.patch_score_cap
+        if cap is None or bound is None:
+            return cap if bound is None else bound
+        return min(bound, cap)
+
+    def _ocsvm_ceiling(self, part: str) -> float | None:
+        fitted = self.fitted[part]
+        if fitted.kind != "ocsvm" or not np.all(fitted.board_detector.scorer.dual_coef >= 0):
+            return None
+        mean, std = self.standardisation[part]
+        return (-fitted.board_detector.scorer.intercept - mean) / std
 
     def report(self) -> dict:
         """For bundle.json's `calibration` section and the technician's report."""
@@ -266,8 +275,7 @@ def _standardised(selection: Selection, part: str, clip: NormalClip) -> np.ndarr
 
 
 def _fused(candidate: Candidate, scores: dict[str, np.ndarray]) -> np.ndarray:
-    stacked = np.stack([scores[p] for p in candidate.parts])
-    return stacked.max(axis=0) if candidate.fusion == "max" else stacked.mean(axis=0)
+    return fuse([scores[p] for p in candidate.parts], candidate.fusion, candidate.patch_score_cap)
 
 
 def _windows(selection: Selection, usable: list[Candidate], clip: NormalClip) -> dict[str, np.ndarray]:

@@ -69,6 +69,20 @@ def test_a_louder_machine_scores_higher(tmp_path, normal_clips, frame_detector):
     assert scorer.score(clip_patches(whine)).mean() > normal + 50
 
 
+def test_a_capped_pipeline_limits_each_detectors_patch_score_before_fusing(tmp_path, normal_clips, frame_detector):
+    """A knock: one patch far outside normal. Capped, it moves its window by at most cap / window_patches."""
+    clip = normal_clips[5].copy()
+    clip[80_000:80_400] += np.hanning(400).astype(np.float32) * 0.9
+    scores = {}
+    for cap in (None, 10.0):
+        write(tmp_path / f"bundle-{cap}", frame_detector, patch_score_cap=cap, fusion="max")
+        bundle = Bundle.load(tmp_path / f"bundle-{cap}")
+        assert bundle.patch_score_cap == cap
+        scores[cap] = PatchScorer(bundle).score(clip_patches(clip))
+    assert scores[None].max() > 10.0  # unstandardised scores of this GMM: the knock scores far out
+    np.testing.assert_array_equal(scores[10.0], np.minimum(scores[None], 10.0))
+
+
 def test_new_version_replaces_link_and_rollback_restores(tmp_path, frame_detector):
     link = tmp_path / "bundle"
     first = write(link, frame_detector)
@@ -129,6 +143,8 @@ def test_plain_directory_bundle_is_adopted(tmp_path, frame_detector):
     ({"detectors": [{"file": "../x.npz", "kind": "gmm", "feature_source": "logmel-frames"}]}, "file name inside"),
     ({"detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "cnn"}]}, "extractor.sha256"),
     ({"fusion": "median"}, "fusion"),
+    ({"patch_score_cap": 0}, "patch_score_cap"),
+    ({"patch_score_cap": "10"}, "patch_score_cap"),
 ])
 def test_damaged_manifests_are_refused_naming_the_field(tmp_path, frame_detector, change, message):
     version = write(tmp_path / "bundle", frame_detector)
@@ -155,8 +171,8 @@ def test_a_detector_fitted_on_other_frame_features_is_refused_at_start(tmp_path,
     version = write(tmp_path / "bundle", frame_detector)
     path = version / "bundle.json"
     manifest_now = json.loads(path.read_text())
-    manifest_now["detectors"][0]["feature_source"] = "logmel-deltas"
+    manifest_now["detectors"][0]["feature_source"] = "logmel-dynamics"
     path.write_text(json.dumps(manifest_now))
     with pytest.raises(ModelError, match=r"frames\.npz: fitted on 64-d logmel-frames features, but the bundle "
-                                         r"scores it on 192-d logmel-deltas"):
+                                         r"scores it on 128-d logmel-dynamics"):
         PatchScorer(Bundle.load(tmp_path / "bundle"))

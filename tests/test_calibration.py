@@ -52,15 +52,17 @@ def window_scores(pipeline: Pipeline, samples: np.ndarray) -> np.ndarray:
 def test_the_agent_loads_the_bundle_and_scores_as_calibration_did(calibrated, normal_paths):
     result, out = calibrated
     bundle = Bundle.load(out)
-    assert bundle.machine == "fan1" and bundle.extractor_sha256 == result.extractor_sha256
+    assert bundle.machine == "fan1"
+    assert bundle.extractor_sha256 == (result.extractor_sha256 if result.selection.uses_cnn else None)
     assert (bundle.threshold_high, bundle.threshold_low) == (result.threshold.high, result.threshold.low)
     assert bundle.threshold_low < bundle.threshold_high
     manifest = json.loads((out / "bundle.json").read_text())
     assert manifest["calibration"]["fit_patches"] == 30 * 18 and manifest["calibration"]["heldout_patches"] == 10 * 18
-    # The 4th, 8th, ... clip is held out; the agent's streaming pipeline gives it the score calibration saw.
+    # The 4th, 8th, ... clip is held out; the agent's streaming pipeline gives it the score calibration saw, up to
+    # float32 rounding (the board scores a patch at a time, calibration a clip at a time; thresholds are ~1-10).
     pipeline = Pipeline(bundle)
     held = [window_scores(pipeline, read_wav(normal_paths[i]))[-1] for i in range(3, CALIBRATION_CLIPS, 4)]
-    np.testing.assert_allclose(held, result.heldout_window_scores, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(held, result.heldout_window_scores, rtol=1e-6, atol=1e-6)
 
 
 def test_normal_clips_never_heard_stay_mostly_below_the_threshold(calibrated, normal_paths):
@@ -372,14 +374,14 @@ def test_a_saturating_detector_gets_a_threshold_it_can_reach():
 
 def test_a_pipeline_without_the_cnn_needs_no_model_and_its_bundle_carries_none(tmp_path, normal_paths, dcase):
     """The log-Mel presets never load TFLite: calibrate without a converted model, and the agent with none.
-    (On this machine the log-Mel GMM with deltas ranks the real anomaly high among unheard normal clips but below
-    its one-false-alarm-a-week threshold, and `auto` chooses the paper's pipeline, which alarms on it.)"""
+    The pipeline is the spectrum and dynamics GMMs (`logmel-sd`)."""
     out = tmp_path / "bundle"
     result = calibrate(wav_blocks(normal_paths[:CALIBRATION_CLIPS]), tmp_path / "not-converted.tflite", out,
-                       preset="logmel-delta-gmm", report=False)
+                       preset="logmel-sd", report=False)
     bundle = Bundle.load(out)
     assert bundle.extractor_sha256 is None and not (out / "extractor.tflite").exists()
-    assert [(d.kind, d.feature_source) for d in bundle.detectors] == [("gmm", "logmel-deltas")]
+    assert [(d.kind, d.feature_source) for d in bundle.detectors] == [("gmm", "logmel-frames"),
+                                                                      ("gmm", "logmel-dynamics")]
     assert "feature extractor: none" in "\n".join(result.summary_lines())
     pipeline = Pipeline(bundle)
     assert pipeline.scorer.extractor is None

@@ -14,6 +14,7 @@ from agent.extractor import Extractor
 from agent.frontend import clip_patches
 from agent.pipeline import PatchScorer
 from agent.spec import WINDOW_PATCHES, FrontEndParams
+from calibration.candidates import CANDIDATES
 from calibration.selection import Injection, choose_from_files, choose_pipeline, prepare_clip
 from calibration.threshold import heldout_mask
 
@@ -115,6 +116,14 @@ def test_the_chosen_pipeline_is_a_bundle_the_agent_scores_identically(clips, hel
     held_scores = np.concatenate([selection.patch_scores(c) for c, h in zip(clips, held) if h])
     if candidate == "logmel-gmm":
         assert abs(held_scores.mean()) < 1e-9 and abs(held_scores.std() - 1) < 1e-9
+
+
+def test_a_capped_fusion_is_bounded_by_its_cap_and_an_uncapped_gmm_is_not(clips, held, extractor):
+    selection = choose(clips, held, extractor, candidates=("fusion",))
+    cap = CANDIDATES["fusion"].patch_score_cap
+    assert cap is not None and selection.score_ceiling() == cap
+    assert selection.score_ceiling("paper") is None  # its GMM-80 part alone, uncapped
+    assert max(selection.patch_scores(c).max() for c in clips) <= cap
 
 
 def test_files_named_as_anomalies_are_refused_and_never_read(normal_files, extractor, tmp_path):
