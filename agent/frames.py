@@ -53,3 +53,11 @@ def frame_dim(source: str) -> int:
 def patch_means(row_scores: np.ndarray, n_patches: int) -> np.ndarray:
     """A patch's score from its rows' scores: their mean."""
     return row_scores.reshape(n_patches, -1).mean(axis=1)
+
+
+def frame_patch_scores(score_rows: Callable[[np.ndarray], np.ndarray], source: str, db: np.ndarray) -> np.ndarray:
+    """Per-patch scores of a frame-level detector (`score_rows`: rows -> one score each) on dB patches: the one
+    computation the board and calibration share."""
+    if len(db) == 0:
+        return np.empty(0)
+    return patch_means(score_rows(frame_rows(source, db)), len(db))

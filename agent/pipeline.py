@@ -11,7 +11,7 @@ import numpy as np
 
 from agent.bundle import Bundle, DetectorEntry
 from agent.errors import ModelError
-from agent.frames import frame_dim, frame_rows, patch_means
+from agent.frames import frame_dim, frame_patch_scores
 from agent.frontend import FrontEnd, PatchBatch
 from agent.scorers import Detector, load_detector
 from agent.spec import SAMPLE_RATE, logmel_extractor_sha256
@@ -55,7 +55,7 @@ class PatchScorer:
     def _raw_scores(self, source: str, detector: Detector, batch: PatchBatch) -> np.ndarray:
         if source == "cnn":
             return detector.score(self.extractor.embed(batch.images))
-        return patch_means(detector.score(frame_rows(source, batch.db)), len(batch))
+        return frame_patch_scores(detector.score, source, batch.db)
 
 
 def fuse(standardised: list[np.ndarray], fusion: str, cap: float | None = None) -> np.ndarray:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
-from agent.frames import frame_rows, patch_means
+from agent.frames import frame_patch_scores, frame_rows
 from agent.spec import PATCH_FRAMES, PATCH_HOP_FRAMES, logmel_extractor_sha256
 from calibration.detectors import FittedDetector, fit_detector
 
@@ -115,9 +115,7 @@ def score_part(part: Part, fitted: FittedDetector, cnn: np.ndarray | None, db: n
     """Raw per-patch scores of one part, exactly as `agent.pipeline.PatchScorer` computes them on the board."""
     if part.feature_source == CNN:
         return fitted.score(cnn)
-    if len(db) == 0:
-        return np.empty(0)
-    return patch_means(fitted.score(frame_rows(part.feature_source, db)), len(db))
+    return frame_patch_scores(fitted.score, part.feature_source, db)
 
 
 def fit_rows(source: str, db: np.ndarray, seed: int) -> np.ndarray:
