@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from agent.durable import fsync_directory
 from agent.errors import ModelError
 from agent.frames import FRAME_SOURCES
@@ -37,6 +39,9 @@ class DetectorEntry:
     feature_source: str
     score_mean: float = 0.0
     score_std: float = 1.0
+    # Two-sided detector: the patch score is its raw score's distance from this centre (the held-out normal mean)
+    # before standardisation, so a patch scored far *more* normal than normal counts too (agent.pipeline.standardise).
+    two_sided_centre: float | None = None
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,10 @@ class Bundle:
         entries = []
         for i, d in enumerate(field("detectors", list)):
             try:
+                centre = d.get("two_sided_centre")
                 entry = DetectorEntry(file=str(d["file"]), kind=str(d["kind"]), feature_source=str(d["feature_source"]),
-                                      score_mean=float(d.get("score_mean", 0.0)), score_std=float(d.get("score_std", 1.0)))
+                                      score_mean=float(d.get("score_mean", 0.0)), score_std=float(d.get("score_std", 1.0)),
+                                      two_sided_centre=None if centre is None else _finite(centre))
             except (KeyError, TypeError, ValueError) as exc:
                 raise ModelError(f"{where}: detectors[{i}] is malformed ({exc})") from None
             if entry.feature_source not in FEATURE_SOURCES or not entry.score_std > 0:
@@ -131,6 +138,12 @@ class Bundle:
                    detectors=tuple(entries), fusion=fusion, patch_score_cap=None if cap is None else float(cap),
                    window_patches=window, threshold_high=float(high), threshold_low=float(low),
                    extractor_sha256=extractor_sha, manifest=m)
+
+
+def _finite(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    return float(value)
 
 
 def _kind_name(kind) -> str:

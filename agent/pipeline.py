@@ -48,7 +48,7 @@ class PatchScorer:
         """One anomaly score per patch (higher = more anomalous)."""
         if len(batch) == 0:
             return np.empty(0)
-        per_detector = [(self._raw_scores(entry.feature_source, detector, batch) - entry.score_mean) / entry.score_std
+        per_detector = [standardise(self._raw_scores(entry.feature_source, detector, batch), entry)
                         for entry, detector in zip(self.bundle.detectors, self.detectors)]
         return fuse(per_detector, self.bundle.fusion, self.bundle.patch_score_cap)
 
@@ -56,6 +56,15 @@ class PatchScorer:
         if source == "cnn":
             return detector.score(self.extractor.embed(batch.images))
         return frame_patch_scores(detector.score, source, batch.db)
+
+
+def standardise(raw: np.ndarray, entry: DetectorEntry) -> np.ndarray:
+    """A detector's raw patch scores in held-out normal standard deviations. A two-sided entry first takes the
+    distance from its normal centre: a likelihood on frame dynamics calls a *steadier* sound more normal than normal,
+    and a clogged pump or a leak's steady hiss is steadier (benchmarks/RESULTS.md, fourth round)."""
+    if entry.two_sided_centre is not None:
+        raw = np.abs(raw - entry.two_sided_centre)
+    return (raw - entry.score_mean) / entry.score_std
 
 
 def fuse(standardised: list[np.ndarray], fusion: str, cap: float | None = None) -> np.ndarray:
