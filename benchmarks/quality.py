@@ -57,7 +57,7 @@ CONFIGS = {  # name -> (model file stem, scaling)
     "sq11-int8-fixed": ("squeezenet1_1-int8", "calibrated"),
 }
 MAIN = "sq11-int8"
-SECONDARY_CANDIDATES = ("paper", "cnn-pca-gmm", "logmel-gmm", "logmel-sd", "fusion", "fusion-max")
+SECONDARY_CANDIDATES = ("paper", "cnn-pca-gmm", "logmel-gmm", "logmel-sd", "fusion", "fusion-max", "fusion-2s")
 VARIANTS = (  # measured on the main configuration only
     Part("pca64-gmm-bic", "gmm", CNN, pca_components=64, bic_components=(1, 2, 4, 8, 16)),
     Part("pca64w-gmm8", "gmm", CNN, pca_components=64, pca_whiten=True, overrides=(("n_components", 8),)),
@@ -231,7 +231,7 @@ def policy_table(rows: list[Row], choices: list[tuple], config: str = MAIN) -> s
     decisions = [(machine, seed, caught) for c, machine, seed, _, _, caught in choices if c == config]
     types = list(dict.fromkeys(m.split("/")[0] for m, _, _ in decisions))
     lines = ["| default, margin, ratio | " + " | ".join(types) + " | mean |", "|---|" + "---:|" * (len(types) + 1)]
-    for default in ("logmel-sd", "fusion", "fusion-max", "logmel-gmm"):
+    for default in ("fusion-2s", "fusion", "logmel-sd", "logmel-gmm"):
         for margin, ratio in ((0.0, 1.0), (0.05, 1.0), (0.1, 1.0), (0.05, 2.0), (1.0, 1.0)):
             picked = {}
             for machine, seed, caught in decisions:

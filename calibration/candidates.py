@@ -15,12 +15,15 @@ candidates reuse the CNN and log-Mel parts), so each part is fitted and scored o
                dynamics, `agent.frames`: modulation, ticks, impacts), each standardised by its held-out normal
                scores, averaged. No CNN: deaf to a whine that the CNN hears (README).
 - fusion:      the paper's GMM-80, logmel-gmm and the dynamics GMM, each standardised, averaged (fusion-max: the
-               largest). The default (calibration.selection).
+               largest).
+- fusion-2s:   fusion with the dynamics GMM read two-sided: a patch scores its distance from the normal centre, so
+               a sound *steadier* than normal (a clogged pump, a leak's steady hiss) counts as well; a likelihood
+               alone calls it more normal than normal. The default (calibration.selection).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from sklearn.mixture import GaussianMixture
@@ -54,10 +57,15 @@ class Part:
     pca_whiten: bool = False
     overrides: tuple[tuple[str, object], ...] = ()
     bic_components: tuple[int, ...] = ()  # when given, n_components is chosen among these by BIC
+    two_sided: bool = False  # scored by distance from the normal centre (agent.pipeline.standardise)
 
     @property
     def file(self) -> str:
         return f"{self.name}.npz"
+
+    def fits_like(self, other: "Part") -> bool:
+        """Whether the two parts fit the same detector and differ only in how it is read (one fit serves both)."""
+        return replace(self, name="", two_sided=False) == replace(other, name="", two_sided=False)
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ PARTS = {p.name: p for p in (
     Part("cnn-ocsvm", "ocsvm", CNN),
     Part("logmel-gmm", "gmm", LOGMEL, overrides=FRAME_GMM),
     Part("logmel-dynamics-gmm", "gmm", LOGMEL_DYNAMICS, overrides=FRAME_GMM),
+    Part("logmel-dynamics-gmm-2s", "gmm", LOGMEL_DYNAMICS, overrides=FRAME_GMM, two_sided=True),
 )}
 CANDIDATES = {c.name: c for c in (
     Candidate("paper", ("cnn-gmm80",)),
@@ -86,6 +95,7 @@ CANDIDATES = {c.name: c for c in (
     Candidate("logmel-sd", ("logmel-gmm", "logmel-dynamics-gmm"), "mean", FUSION_PATCH_SCORE_CAP),
     Candidate("fusion", ("cnn-gmm80", "logmel-gmm", "logmel-dynamics-gmm"), "mean", FUSION_PATCH_SCORE_CAP),
     Candidate("fusion-max", ("cnn-gmm80", "logmel-gmm", "logmel-dynamics-gmm"), "max", FUSION_PATCH_SCORE_CAP),
+    Candidate("fusion-2s", ("cnn-gmm80", "logmel-gmm", "logmel-dynamics-gmm-2s"), "mean", FUSION_PATCH_SCORE_CAP),
 )}
 
 

@@ -16,7 +16,7 @@ faulted copies (at most `max_fault_clips` windows of about 10 s) go through the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,9 +26,10 @@ from sklearn.metrics import roc_auc_score
 from agent.audio import read_wav
 from agent.errors import ConfigError
 from agent.frontend import clip_patches
-from agent.pipeline import fuse
+from agent.bundle import DetectorEntry
+from agent.pipeline import fuse, standardise
 from agent.spec import HOP_LENGTH, N_FFT, PATCH_FRAMES, PATCH_HOP_FRAMES, WINDOW_PATCHES, FrontEndParams
-from calibration.candidates import CANDIDATES, CNN, PARTS, Candidate, fit_part, score_part
+from calibration.candidates import CANDIDATES, CNN, PARTS, Candidate, Part, fit_part, score_part
 from calibration.detectors import FittedDetector
 from calibration.faults import FAULT_KINDS, fault_grid, inject
 from calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY, choose_threshold, heldout_mask
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 # DEFAULT_MARGIN and at least DEFAULT_RATIO times the default's. A lead of a few of the 30 faulted windows is noise
 # and switching on it measured worse than keeping the default; a default that catches (almost) nothing at its
 # operating point is blind on this machine.
-DEFAULT_CANDIDATE = "fusion"
+DEFAULT_CANDIDATE = "fusion-2s"
 DEFAULT_MARGIN = 0.05
 DEFAULT_RATIO = 2.0
 # `humwatch calibrate --preset NAME`: "auto" chooses among every candidate; a candidate's name fits that one alone
@@ -109,7 +110,7 @@ class Selection:
     ratio: float
     table: list[CandidateScore]
     fitted: dict[str, FittedDetector]  # part name -> detector fitted on the fitting clips
-    standardisation: dict[str, tuple[float, float]]  # part name -> held-out normal patch score (mean, std)
+    entries: dict[str, DetectorEntry]  # part name -> its bundle entry: held-out normal mean and std, centre
     fault_clips: int = 0
     heldout_windows: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -125,9 +126,7 @@ class Selection:
     def manifest_fields(self) -> dict:
         """The bundle manifest's `detectors`, `fusion` and `patch_score_cap` for the chosen candidate (agent.bundle)."""
         return {"fusion": self.fusion, "patch_score_cap": self.chosen.patch_score_cap,
-                "detectors": [{"file": PARTS[p].file, "kind": PARTS[p].kind, "feature_source": PARTS[p].feature_source,
-                               "score_mean": self.standardisation[p][0], "score_std": self.standardisation[p][1]}
-                              for p in self.chosen.parts]}
+                "detectors": [asdict(self.entries[p]) for p in self.chosen.parts]}
 
     def fill(self, directory: Path) -> None:
         """Save the chosen candidate's detector files into a bundle directory (the `fill` of write_bundle)."""
@@ -154,11 +153,11 @@ class Selection:
         return min(bound, cap)
 
     def _ocsvm_ceiling(self, part: str) -> float | None:
-        fitted = self.fitted[part]
-        if fitted.kind != "ocsvm" or not np.all(fitted.board_detector.scorer.dual_coef >= 0):
+        fitted, entry = self.fitted[part], self.entries[part]
+        if (fitted.kind != "ocsvm" or entry.two_sided_centre is not None
+                or not np.all(fitted.board_detector.scorer.dual_coef >= 0)):
             return None
-        mean, std = self.standardisation[part]
-        return (-fitted.board_detector.scorer.intercept - mean) / std
+        return (-fitted.board_detector.scorer.intercept - entry.score_mean) / entry.score_std
 
     def report(self) -> dict:
         """For bundle.json's `calibration` section and the technician's report."""
@@ -208,14 +207,16 @@ def choose_pipeline(clips: Sequence[NormalClip], held: np.ndarray, extractor_sha
     fit_clips = [c for c, h in zip(clips, held) if not h]
     heldout = [c for c, h in zip(clips, held) if h]
     parts = list(dict.fromkeys(p for c in usable for p in c.parts))
-    fitted = {p: _fit(p, fit_clips, extractor_sha256, seed) for p in parts}
+    fitted: dict[str, FittedDetector] = {}
+    for p in parts:
+        twin = next((q for q in fitted if PARTS[q].fits_like(PARTS[p])), None)
+        fitted[p] = fitted[twin] if twin else _fit(p, fit_clips, extractor_sha256, seed)
     selection = Selection(chosen=usable[0], reason="the only candidate", default=default, margin=margin, ratio=ratio,
                           table=[],
-                          fitted=fitted, standardisation={})
+                          fitted=fitted, entries={})
     for p in parts:
-        held_scores = np.concatenate([score_part(PARTS[p], fitted[p], c.cnn, c.db) for c in heldout])
-        std = float(held_scores.std())
-        selection.standardisation[p] = (float(held_scores.mean()), std if std > 0 else 1.0)
+        raw = np.concatenate([score_part(PARTS[p], fitted[p], c.cnn, c.db) for c in heldout])
+        selection.entries[p] = _entry(PARTS[p], raw)
     normal = [_windows(selection, usable, c) for c in heldout]
     selection.heldout_windows = sum(len(w[usable[0].name]) for w in normal)
     if len(usable) == 1:
@@ -269,9 +270,19 @@ def _fit(part: str, clips: list[NormalClip], extractor_sha256: str | None, seed:
     return fit_part(PARTS[part], cnn, np.concatenate([c.db for c in clips]), extractor_sha256, seed)
 
 
+def _entry(part: Part, heldout_raw: np.ndarray) -> DetectorEntry:
+    """The part's bundle entry, standardised on its held-out normal patch scores (a two-sided part centred on
+    their mean first)."""
+    centre = float(heldout_raw.mean()) if part.two_sided else None
+    entry = DetectorEntry(part.file, part.kind, part.feature_source, two_sided_centre=centre)
+    scores = standardise(heldout_raw, entry)
+    std = float(scores.std())
+    return replace(entry, score_mean=float(scores.mean()), score_std=std if std > 0 else 1.0)
+
+
 def _standardised(selection: Selection, part: str, clip: NormalClip) -> np.ndarray:
-    mean, std = selection.standardisation[part]
-    return (score_part(PARTS[part], selection.fitted[part], clip.cnn, clip.db) - mean) / std
+    return standardise(score_part(PARTS[part], selection.fitted[part], clip.cnn, clip.db),
+                       selection.entries[part])
 
 
 def _fused(candidate: Candidate, scores: dict[str, np.ndarray]) -> np.ndarray:

@@ -96,7 +96,7 @@ def test_a_single_candidate_is_fitted_without_faults(clips, held, extractor):
     assert selection.chosen.name == "paper" and selection.fault_clips == 0 and selection.table == []
 
 
-@pytest.mark.parametrize("candidate", ["fusion", "logmel-gmm"])
+@pytest.mark.parametrize("candidate", ["fusion-2s", "logmel-gmm"])
 def test_the_chosen_pipeline_is_a_bundle_the_agent_scores_identically(clips, held, extractor, squeezenet_int8,
                                                                       tmp_path, candidate):
     selection = choose(clips, held, extractor, candidates=(candidate,))
@@ -116,6 +116,31 @@ def test_the_chosen_pipeline_is_a_bundle_the_agent_scores_identically(clips, hel
     held_scores = np.concatenate([selection.patch_scores(c) for c, h in zip(clips, held) if h])
     if candidate == "logmel-gmm":
         assert abs(held_scores.mean()) < 1e-9 and abs(held_scores.std() - 1) < 1e-9
+
+
+def steadier(samples: np.ndarray) -> np.ndarray:
+    """The clip's average spectrum with none of its frame-to-frame change: one 256-sample period (the hop) with the
+    clip's mean magnitude spectrum, repeated, so every frame is the same (an extreme of a clogged pump's steadier
+    sound)."""
+    blocks = samples[: len(samples) // 256 * 256].reshape(-1, 256)
+    magnitude = np.abs(np.fft.rfft(blocks, axis=1)).mean(axis=0)
+    phases = np.random.default_rng(0).uniform(0, 2 * np.pi, magnitude.size)
+    period = np.fft.irfft(magnitude * np.exp(1j * phases), n=256)
+    return np.tile(period, len(blocks)).astype(np.float32)
+
+
+def test_the_two_sided_dynamics_reading_flags_a_sound_steadier_than_normal(clips, held, extractor):
+    selection = choose(clips, held, extractor, candidates=("fusion", "fusion-2s"), injections=GAIN)
+    one, two = selection.entries["logmel-dynamics-gmm"], selection.entries["logmel-dynamics-gmm-2s"]
+    assert one.two_sided_centre is None and two.two_sided_centre is not None
+    # one fit serves both readings
+    assert selection.fitted["logmel-dynamics-gmm"] is selection.fitted["logmel-dynamics-gmm-2s"]
+    normal = clips[int(np.flatnonzero(held)[0])]
+    steady = prepare_clip(steadier(normal.samples), extractor, FrontEndParams())
+    lift = selection.patch_scores(steady, "fusion-2s") - selection.patch_scores(steady, "fusion")
+    usual = selection.patch_scores(normal, "fusion-2s") - selection.patch_scores(normal, "fusion")
+    # a one-sided likelihood calls the steady copy far more normal than normal; the two-sided reading, abnormal
+    assert lift.mean() > 2.0 > abs(usual.mean())
 
 
 def test_a_capped_fusion_is_bounded_by_its_cap_and_an_uncapped_gmm_is_not(clips, held, extractor):
