@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import pathlib
 import shutil
 import uuid
 from dataclasses import dataclass
 from typing import Callable
-
-import numpy as np
 
 from agent.durable import fsync_directory
 from agent.errors import ModelError
@@ -141,7 +140,7 @@ class Bundle:
 
 
 def _finite(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{value!r} is not a finite number")
     return float(value)
 
