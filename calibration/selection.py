@@ -138,7 +138,7 @@ class Selection:
         """Fused, standardised per-patch scores of the chosen (or another fitted) candidate: the numbers the
         board's PatchScorer gives for the bundle."""
         chosen = CANDIDATES[candidate] if candidate else self.chosen
-        return _fused(chosen, {p: _standardised(self, p, clip) for p in chosen.parts})
+        return _fused(chosen, _standardised(self, chosen.parts, clip))
 
     def score_ceiling(self, candidate: str | None = None) -> float | None:
         """The largest window score the chosen (or another fitted) candidate can give, or None if unbounded. An RBF
@@ -215,9 +215,9 @@ def choose_pipeline(clips: Sequence[NormalClip], held: np.ndarray, extractor_sha
     selection = Selection(chosen=usable[0], reason="the only candidate", default=default, margin=margin, ratio=ratio,
                           table=[],
                           fitted=fitted, entries={})
+    heldout_raw = [_raw_scores(fitted, parts, c) for c in heldout]
     for p in parts:
-        raw = np.concatenate([score_part(PARTS[p], fitted[p], c.cnn, c.db) for c in heldout])
-        selection.entries[p] = _entry(PARTS[p], raw)
+        selection.entries[p] = _entry(PARTS[p], np.concatenate([raw[p] for raw in heldout_raw]))
     normal = [_windows(selection, usable, c) for c in heldout]
     selection.heldout_windows = sum(len(w[usable[0].name]) for w in normal)
     if len(usable) == 1:
@@ -281,9 +281,18 @@ def _entry(part: Part, heldout_raw: np.ndarray) -> DetectorEntry:
     return replace(entry, score_mean=float(scores.mean()), score_std=std if std > 0 else 1.0)
 
 
-def _standardised(selection: Selection, part: str, clip: NormalClip) -> np.ndarray:
-    return standardise(score_part(PARTS[part], selection.fitted[part], clip.cnn, clip.db),
-                       selection.entries[part])
+def _raw_scores(fitted: dict[str, FittedDetector], parts: Sequence[str], clip: NormalClip) -> dict[str, np.ndarray]:
+    """Each part's raw patch scores on a clip; parts reading one fitted detector (fusion and fusion-2s) score it
+    once."""
+    by_detector: dict[int, np.ndarray] = {}
+    for p in parts:
+        if id(fitted[p]) not in by_detector:
+            by_detector[id(fitted[p])] = score_part(PARTS[p], fitted[p], clip.cnn, clip.db)
+    return {p: by_detector[id(fitted[p])] for p in parts}
+
+
+def _standardised(selection: Selection, parts: Sequence[str], clip: NormalClip) -> dict[str, np.ndarray]:
+    return {p: standardise(raw, selection.entries[p]) for p, raw in _raw_scores(selection.fitted, parts, clip).items()}
 
 
 def _fused(candidate: Candidate, scores: dict[str, np.ndarray]) -> np.ndarray:
@@ -292,8 +301,7 @@ def _fused(candidate: Candidate, scores: dict[str, np.ndarray]) -> np.ndarray:
 
 def _windows(selection: Selection, usable: list[Candidate], clip: NormalClip) -> dict[str, np.ndarray]:
     """Per candidate: the scores of the clip's non-overlapping windows (a shorter clip is one window)."""
-    parts = {p for c in usable for p in c.parts}
-    scores = {p: _standardised(selection, p, clip) for p in parts}
+    scores = _standardised(selection, list(dict.fromkeys(p for c in usable for p in c.parts)), clip)
     out = {}
     for c in usable:
         fused = _fused(c, scores)
