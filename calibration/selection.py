@@ -147,11 +147,8 @@ class Selection:
         each patch score (agent.pipeline.fuse)."""
         chosen = CANDIDATES[candidate] if candidate else self.chosen
         ceilings = [self._ocsvm_ceiling(part) for part in chosen.parts]
-        bound = None if None in ceilings else max(ceilings)
-        cap = chosen.patch_score_cap
-        if cap is None or bound is None:
-            return cap if bound is None else bound
-        return min(bound, cap)
+        limits = [x for x in (None if None in ceilings else max(ceilings), chosen.patch_score_cap) if x is not None]
+        return min(limits) if limits else None
 
     def _ocsvm_ceiling(self, part: str) -> float | None:
         fitted, entry = self.fitted[part], self.entries[part]
