@@ -107,9 +107,12 @@ class Bundle:
         for i, d in enumerate(field("detectors", list)):
             try:
                 centre = d.get("two_sided_centre")
+                if centre is not None and not (_is_number(centre) and math.isfinite(centre)):
+                    raise ValueError(f"{centre!r} is not a finite number")
                 entry = DetectorEntry(file=str(d["file"]), kind=str(d["kind"]), feature_source=str(d["feature_source"]),
-                                      score_mean=float(d.get("score_mean", 0.0)), score_std=float(d.get("score_std", 1.0)),
-                                      two_sided_centre=None if centre is None else _finite(centre))
+                                      score_mean=float(d.get("score_mean", 0.0)),
+                                      score_std=float(d.get("score_std", 1.0)),
+                                      two_sided_centre=None if centre is None else float(centre))
             except (KeyError, TypeError, ValueError) as exc:
                 raise ModelError(f"{where}: detectors[{i}] is malformed ({exc})") from None
             if entry.feature_source not in FEATURE_SOURCES or not entry.score_std > 0:
@@ -128,7 +131,7 @@ class Bundle:
         if fusion not in FUSIONS:
             raise ModelError(f"{where}: fusion {fusion!r} is not one of {FUSIONS}")
         cap = m.get("patch_score_cap")
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
+        if cap is not None and not (_is_number(cap) and cap > 0):
             raise ModelError(f"{where}: patch_score_cap must be a positive number or null")
         window = field("window_patches", int, WINDOW_PATCHES)
         if window < 1:
@@ -139,10 +142,9 @@ class Bundle:
                    extractor_sha256=extractor_sha, manifest=m)
 
 
-def _finite(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{value!r} is not a finite number")
-    return float(value)
+def _is_number(value) -> bool:
+    """An int or float from JSON; not a bool, which Python counts as an int."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _kind_name(kind) -> str:
