@@ -36,16 +36,16 @@ from calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY, choose_threshold
 
 log = logging.getLogger(__name__)
 
-# The documented default, from the measurements in benchmarks/RESULTS.md (section "Detection quality and
-# per-machine selection", fourth round): the paper's GMM-80 on the CNN features and two log-Mel GMMs, one on the
-# spectrum and one on its dynamics read two-sided, each standardised, averaged. On the synthetic test set it matches
-# or beats every peer on every machine type; on two more sets it trails the best peer on one type each (slider,
-# valve; 0.02-0.04), where `fusion`, with one-sided dynamics, lost pump on all three (clogging and leaks sound
-# steadier than normal). On the shared real clips it alarms on the real anomaly in 5 of 5 splits at one false alarm
-# a week, and it keeps the CNN's ear for whines that the log-Mel GMMs alone miss. Another candidate replaces it only when it catches clearly more synthetic faults at its own
-# threshold: a share larger by DEFAULT_MARGIN and at least DEFAULT_RATIO times the default's. A lead of a few of
-# the 30 faulted windows is noise and switching on it measured worse than keeping the default; a default that
-# catches (almost) nothing at its operating point is blind on this machine.
+# The documented default, from the measurements in benchmarks/RESULTS.md (section "Detection quality and per-machine
+# selection", fourth round): the paper's GMM-80 on the CNN features and two log-Mel GMMs, one on the spectrum and one
+# on its dynamics read two-sided, each standardised, averaged. On the synthetic test set it matches or beats every
+# peer on every machine type; on two more sets it trails the best peer on one type each (slider, valve; 0.02-0.04),
+# where `fusion`, with one-sided dynamics, lost pump on all three (clogging and leaks sound steadier than normal). On
+# the shared real clips it alarms on the real anomaly in 5 of 5 splits at one false alarm a week, and it keeps the
+# CNN's ear for whines that the log-Mel GMMs alone miss. Another candidate replaces it only when it catches clearly
+# more synthetic faults at its own threshold: a share larger by DEFAULT_MARGIN and at least DEFAULT_RATIO times the
+# default's. A lead of a few of the 30 faulted windows is noise and switching on it measured worse than keeping the
+# default; a default that catches (almost) nothing at its operating point is blind on this machine.
 DEFAULT_CANDIDATE = "fusion-2s"
 DEFAULT_MARGIN = 0.05
 DEFAULT_RATIO = 2.0
