@@ -38,9 +38,9 @@ class DetectorEntry:
     feature_source: str
     score_mean: float = 0.0
     score_std: float = 1.0
-    # Two-sided detector: the patch score is its raw score's distance from this centre (the held-out normal mean)
-    # before standardisation, so a patch scored far *more* normal than normal counts too (agent.pipeline.standardise).
-    two_sided_centre: float | None = None
+    # Two-sided detector: its window reading is the window mean's distance from this centre (the held-out normal
+    # window mean), so a window far *more* normal than normal counts too (agent.pipeline.window_reading).
+    window_centre: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,13 +106,14 @@ class Bundle:
         entries = []
         for i, d in enumerate(field("detectors", list)):
             try:
-                centre = d.get("two_sided_centre")
-                if centre is not None and not (_is_number(centre) and math.isfinite(centre)):
-                    raise ValueError(f"{centre!r} is not a finite number")
+                if "two_sided_centre" in d:
+                    raise ValueError("two_sided_centre is from an earlier humwatch (read per patch); recalibrate")
+                numbers = {k: d[k] for k in _ENTRY_NUMBERS if k in d and not (k == "window_centre" and d[k] is None)}
+                bad = [f"{k} {v!r}" for k, v in numbers.items() if not (_is_number(v) and math.isfinite(v))]
+                if bad:
+                    raise ValueError(f"{', '.join(bad)} is not a finite number")
                 entry = DetectorEntry(file=str(d["file"]), kind=str(d["kind"]), feature_source=str(d["feature_source"]),
-                                      score_mean=float(d.get("score_mean", 0.0)),
-                                      score_std=float(d.get("score_std", 1.0)),
-                                      two_sided_centre=None if centre is None else float(centre))
+                                      **{k: float(v) for k, v in numbers.items()})
             except (KeyError, TypeError, ValueError) as exc:
                 raise ModelError(f"{where}: detectors[{i}] is malformed ({exc})") from None
             if entry.feature_source not in FEATURE_SOURCES or not entry.score_std > 0:
@@ -140,6 +141,9 @@ class Bundle:
                    detectors=tuple(entries), fusion=fusion, patch_score_cap=None if cap is None else float(cap),
                    window_patches=window, threshold_high=float(high), threshold_low=float(low),
                    extractor_sha256=extractor_sha, manifest=m)
+
+
+_ENTRY_NUMBERS = ("score_mean", "score_std", "window_centre")
 
 
 def _is_number(value) -> bool:

@@ -3,9 +3,9 @@
 """
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from agent.spec import SAMPLE_RATE, logmel_extractor_sha256
 
 
 class PatchScorer:
-    """Scores patches with a bundle's detectors: one standardised score per detector, fused into one."""
+    """Scores patches with a bundle's detectors: one standardised score per detector (fused per window)."""
 
     def __init__(self, bundle: Bundle, num_threads: int = 1) -> None:
         self.bundle = bundle
@@ -31,7 +31,8 @@ class PatchScorer:
                 raise ModelError(f"{bundle.extractor_path}: sha256 {self.extractor.sha256[:12]} is not the extractor "
                                  f"the bundle was calibrated with ({bundle.extractor_sha256[:12]}); recalibrate or "
                                  "restore the model")
-        self.detectors: list[Detector] = [self._load(entry) for entry in bundle.detectors]
+        # Entries reading one detector file (its two readings) share one loaded detector and one scoring per batch.
+        self.detectors: dict[str, Detector] = {e.file: self._load(e) for e in bundle.detectors}
 
     def _load(self, entry: DetectorEntry) -> Detector:
         """A bundle's detector, refused at start unless it was fitted on the features the bundle says it scores."""
@@ -45,43 +46,51 @@ class PatchScorer:
         return detector
 
     def score(self, batch: PatchBatch) -> np.ndarray:
-        """One anomaly score per patch (higher = more anomalous)."""
+        """Each detector's standardised patch scores, (patches, detectors), each limited to the bundle's cap."""
+        entries = self.bundle.detectors
         if len(batch) == 0:
-            return np.empty(0)
-        per_detector = [standardise(self._raw_scores(entry.feature_source, detector, batch), entry)
-                        for entry, detector in zip(self.bundle.detectors, self.detectors)]
-        return fuse(per_detector, self.bundle.fusion, self.bundle.patch_score_cap)
+            return np.empty((0, len(entries)))
+        raw = {file: self._raw_scores(detector, batch) for file, detector in self.detectors.items()}
+        return limit(np.stack([standardise(raw[e.file], e) for e in entries], axis=1), self.bundle.patch_score_cap)
 
-    def _raw_scores(self, source: str, detector: Detector, batch: PatchBatch) -> np.ndarray:
-        if source == "cnn":
+    def _raw_scores(self, detector: Detector, batch: PatchBatch) -> np.ndarray:
+        if detector.feature_source == "cnn":
             return detector.score(self.extractor.embed(batch.images))
-        return frame_patch_scores(detector.score, source, batch.db)
+        return frame_patch_scores(detector.score, detector.feature_source, batch.db)
 
 
 def standardise(raw: np.ndarray, entry: DetectorEntry) -> np.ndarray:
-    """A detector's raw patch scores in held-out normal standard deviations. A two-sided entry first takes the
-    distance from its normal centre: a likelihood on frame dynamics calls a *steadier* sound more normal than normal,
-    and a clogged pump or a leak's steady hiss is steadier (benchmarks/RESULTS.md, fourth round)."""
-    if entry.two_sided_centre is not None:
-        raw = np.abs(raw - entry.two_sided_centre)
+    """A detector's raw patch scores in held-out normal standard deviations."""
     return (raw - entry.score_mean) / entry.score_std
 
 
-def fuse(standardised: list[np.ndarray], fusion: str, cap: float | None = None) -> np.ndarray:
-    """One score per patch from each detector's standardised scores: mean or max, each first limited to `cap`.
-    The cap keeps one patch from carrying a window: a GMM on 2048 CNN features can score a half-second knock in the
-    hall 40 standard deviations out, enough alone to lift 18 windows over the threshold; a fault lasts."""
-    stacked = np.stack(standardised)
-    if cap is not None:
-        stacked = np.minimum(stacked, cap)
-    return stacked.max(axis=0) if fusion == "max" else stacked.mean(axis=0)
+def limit(scores: np.ndarray, cap: float | None) -> np.ndarray:
+    """Standardised patch scores limited to `cap`. The cap keeps one patch from carrying a window: a GMM on 2048 CNN
+    features can score a half-second knock in the hall 40 standard deviations out, enough alone to lift 18 windows
+    over the threshold; a fault lasts."""
+    return scores if cap is None else np.minimum(scores, cap)
+
+
+def window_reading(window_means: np.ndarray, entry: DetectorEntry) -> np.ndarray:
+    """One detector's window score: the mean of its standardised patch scores over the window. A two-sided entry
+    takes the distance from its normal centre instead: a likelihood on frame dynamics calls a *steadier* sound more
+    normal than normal, and a clogged pump or a leak's steady hiss is steadier. Read per window, not per patch, so
+    that the patches' own spread around the centre does not count as distance (benchmarks/RESULTS.md, fifth
+    round)."""
+    return window_means if entry.window_centre is None else np.abs(window_means - entry.window_centre)
+
+
+def fuse_windows(window_means: np.ndarray, entries: Sequence[DetectorEntry], fusion: str) -> np.ndarray:
+    """Window scores from each detector's window means, (windows, detectors): each read by its entry, then
+    averaged (or the largest taken)."""
+    readings = np.stack([window_reading(window_means[:, j], entry) for j, entry in enumerate(entries)])
+    return readings.max(axis=0) if fusion == "max" else readings.mean(axis=0)
 
 
 @dataclass(frozen=True)
 class PatchScore:
     time: float  # seconds of stream audio consumed when the patch completed
-    patch_score: float
-    window_score: float | None  # mean of the last window's patch scores; None until a full window is seen
+    window_score: float | None  # the last window's fused score; None until a full window is seen
 
 
 class Pipeline:
@@ -91,7 +100,7 @@ class Pipeline:
         self.bundle = bundle
         self.scorer = scorer or PatchScorer(bundle, num_threads)
         self.front_end = FrontEnd(bundle.frontend)
-        self._window: deque[float] = deque(maxlen=bundle.window_patches)
+        self._window: deque[np.ndarray] = deque(maxlen=bundle.window_patches)  # per-detector patch scores
 
     def reset(self) -> None:
         self.front_end.reset()
@@ -102,9 +111,12 @@ class Pipeline:
         if len(batch) == 0:
             return []
         results = []
-        for end, score in zip(batch.end_samples, self.scorer.score(batch)):
-            self._window.append(float(score))
+        for end, scores in zip(batch.end_samples, self.scorer.score(batch)):
+            self._window.append(scores)
             full = len(self._window) == self._window.maxlen
-            results.append(PatchScore(time=float(end) / SAMPLE_RATE, patch_score=float(score),
-                                      window_score=math.fsum(self._window) / len(self._window) if full else None))
+            window_score = None
+            if full:
+                means = np.mean(self._window, axis=0)[None]
+                window_score = float(fuse_windows(means, self.bundle.detectors, self.bundle.fusion)[0])
+            results.append(PatchScore(time=float(end) / SAMPLE_RATE, window_score=window_score))
         return results

@@ -290,19 +290,20 @@ def load_detector(path, extractor_sha256: str | None = None) -> Detector:
 
 
 def window_mean(patch_scores: np.ndarray, window_patches: int = WINDOW_PATCHES) -> np.ndarray:
-    """Mean of each run of `window_patches` consecutive patch scores (the paper's mean-pooling).
+    """Mean of each run of `window_patches` consecutive patch scores (the paper's mean-pooling), per column when
+    there is one column per detector.
 
     n patch scores give n - window_patches + 1 window scores (none if n < window_patches); window i covers patches
     i .. i + window_patches - 1.
     """
     scores = np.asarray(patch_scores, dtype=np.float64)
-    if scores.ndim != 1:
-        raise ValueError(f"patch scores must be one-dimensional, not of shape {scores.shape}")
+    if scores.ndim not in (1, 2):
+        raise ValueError(f"patch scores must be (patches,) or (patches, detectors), not of shape {scores.shape}")
     if int(window_patches) != window_patches or window_patches < 1:
         raise ValueError(f"window_patches must be a positive integer, not {window_patches!r}")
     if len(scores) < window_patches:
-        return np.empty(0)
-    return sliding_window_view(scores, int(window_patches)).mean(axis=1)
+        return np.empty((0, *scores.shape[1:]))
+    return sliding_window_view(scores, int(window_patches), axis=0).mean(axis=-1)
 
 
 def log_sum_exp(values: np.ndarray) -> np.ndarray:

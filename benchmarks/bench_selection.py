@@ -47,9 +47,9 @@ def main() -> None:
         start = time.perf_counter()
         selection = choose_pipeline(clips, held, extractor.sha256, extractor, params, candidates=PRESETS[preset])
         seconds = time.perf_counter() - start
-        scores = np.concatenate([selection.patch_scores(c) for c in clips])
+        scores = np.concatenate([selection.window_scores(c) for c in clips])
         print(f"preset {preset}: chose {selection.chosen.name} in {seconds:.1f} s ({selection.fault_clips} faulted "
-              f"windows), peak {peak_mib():.0f} MiB, patch score spread {scores.std():.2f}")
+              f"windows), peak {peak_mib():.0f} MiB, window score spread {scores.std():.2f}")
         for line in selection.summary_lines()[1:]:
             print("   ", line)
 

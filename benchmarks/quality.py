@@ -132,9 +132,9 @@ def measure_machine(machine: MachineClips, feats: Features, config: str, seeds: 
                                       max_fault_clips=fault_clips, seed=seed)
         test = [feats.clip(p) for p in parts.test]
         for name in candidates:
-            scores = [selection.patch_scores(c, name).mean() for c in test]
+            scores = [selection.clip_score(c, name) for c in test]
             rows.append(Row(config, name, machine.name, seed, roc_auc(parts.labels, scores)))
-        scores = [selection.patch_scores(c).mean() for c in test]
+        scores = [selection.clip_score(c) for c in test]
         rows.append(Row(config, "auto", machine.name, seed, roc_auc(parts.labels, scores), selection.chosen.name))
         choices.append((config, machine.name, seed, selection.chosen.name, selection.reason,
                         {s.name: round(s.detection, 3) for s in selection.table}))
@@ -192,7 +192,7 @@ def measure_real(folder: pathlib.Path, feats: Features, seeds: list[int], fault_
             candidate = None if name == "auto" else name
 
             def clip_scores(clips: list[NormalClip]) -> np.ndarray:  # one 10 s window each
-                return np.array([selection.patch_scores(c, candidate).mean() for c in clips])
+                return np.array([selection.clip_score(c, candidate) for c in clips])
 
             n, f, a, held = map(clip_scores, (normal, faulted, anomalies, heldout))
             threshold = choose_threshold(held, len(held), DEFAULT_FALSE_ALARMS_PER_DAY,

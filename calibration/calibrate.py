@@ -23,7 +23,6 @@ from agent.bundle import write_bundle
 from agent.errors import AudioError, ConfigError
 from agent.extractor import Extractor
 from agent.mel import mel_db
-from agent.scorers import window_mean
 from agent.spec import PATCH_SECONDS, SAMPLE_RATE, WINDOW_PATCHES, FrontEndParams
 from calibration.collect import Block, survey
 from calibration.selection import PRESETS, Selection, choose_pipeline, prepare_clip, preset_uses_cnn
@@ -140,8 +139,8 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
     with tempfile.TemporaryDirectory(prefix="humwatch-calibrate-") as scratch:
         with clock("threshold"):
             # the fitted detectors score through the board's own numpy scorers, as the agent's PatchScorer will
-            result = _threshold_on_heldout([selection.patch_scores(c) for c in clips], held, false_alarms_per_day,
-                                           selection.score_ceiling())
+            result = _threshold_on_heldout([selection.window_scores(c) for c in clips], [len(c.db) for c in clips],
+                                           held, false_alarms_per_day, selection.score_ceiling())
         result.update(machine=machine, selection=selection, model_path=Path(model_path) if extractor else None,
                       extractor_sha256=sha256, seconds=checked.seconds,
                       sources=len({b.source for b in blocks}),
@@ -164,19 +163,19 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
     return calibration
 
 
-def _threshold_on_heldout(patch_scores: list[np.ndarray], held: np.ndarray, false_alarms_per_day: float,
-                          ceiling: float | None) -> dict:
-    """Mean-pool the bundle's (standardised, fused) patch scores into windows within each block, as the agent does
-    on a stream, and choose the threshold from the held-out windows."""
-    windows = {part: np.concatenate([window_mean(s) for s, h in zip(patch_scores, held) if h == part]
-                                    or [np.empty(0)]) for part in (True, False)}
-    independent = sum(len(s) // WINDOW_PATCHES for s, h in zip(patch_scores, held) if h)
+def _threshold_on_heldout(window_scores: list[np.ndarray], patch_counts: list[int], held: np.ndarray,
+                          false_alarms_per_day: float, ceiling: float | None) -> dict:
+    """Choose the threshold from the held-out blocks' window scores (every full window within each block, as the
+    agent scores a stream)."""
+    windows = {part: np.concatenate([w for w, h in zip(window_scores, held) if h == part] or [np.empty(0)])
+               for part in (True, False)}
+    independent = sum(n // WINDOW_PATCHES for n, h in zip(patch_counts, held) if h)
     threshold = choose_threshold(windows[True], independent, false_alarms_per_day, ceiling)
     log.info("threshold %.4g (clear %.4g) by %s for %.4g false alarms per day", threshold.high, threshold.low,
              threshold.governed_by, false_alarms_per_day)
     return {"threshold": threshold, "heldout_window_scores": windows[True], "fit_window_scores": windows[False],
-            "heldout_patches": int(sum(len(s) for s, h in zip(patch_scores, held) if h)),
-            "fit_patches": int(sum(len(s) for s, h in zip(patch_scores, held) if not h))}
+            "heldout_patches": int(sum(n for n, h in zip(patch_counts, held) if h)),
+            "fit_patches": int(sum(n for n, h in zip(patch_counts, held) if not h))}
 
 
 def _threshold_warnings(threshold: Threshold, detector: str) -> list[str]:

@@ -16,14 +16,14 @@ candidates reuse the CNN and log-Mel parts), so each part is fitted and scored o
                scores, averaged. No CNN: deaf to a whine that the CNN hears (README).
 - fusion:      the paper's GMM-80, logmel-gmm and the dynamics GMM, each standardised, averaged (fusion-max: the
                largest).
-- fusion-2s:   fusion with the dynamics GMM read two-sided: a patch scores its distance from the normal centre, so
-               a sound *steadier* than normal (a clogged pump, a leak's steady hiss) counts as well; a likelihood
-               alone calls it more normal than normal. The default (calibration.selection).
+- fusion-2s:   fusion with the dynamics GMM read two-sided: a window scores the distance of its mean from the normal
+               centre, so a sound *steadier* than normal (a clogged pump, a leak's steady hiss) counts as well; a
+               likelihood alone calls it more normal than normal. The default (calibration.selection).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.mixture import GaussianMixture
@@ -39,7 +39,7 @@ LOGMEL = "logmel-frames"
 LOGMEL_DYNAMICS = "logmel-dynamics"
 FRAME_GMM = (("n_components", 16), ("reg_covar", 1e-3), ("max_iter", 200))
 # A fused pipeline limits each detector's standardised patch score to this many held-out standard deviations, so
-# that one patch moves a window score by at most 10/18 (agent.pipeline.fuse). No effect on the development set's
+# that one patch moves a window mean by at most 10/18 (agent.pipeline.limit). No effect on the development set's
 # AUC (benchmarks/RESULTS.md); single-detector candidates, the paper's among them, score as published.
 FUSION_PATCH_SCORE_CAP = 10.0
 # Frames fitted by a frame-level detector at most: ten minutes of audio give ~37,000, a subsample is as good.
@@ -57,15 +57,17 @@ class Part:
     pca_whiten: bool = False
     overrides: tuple[tuple[str, object], ...] = ()
     bic_components: tuple[int, ...] = ()  # when given, n_components is chosen among these by BIC
-    two_sided: bool = False  # scored by distance from the normal centre (agent.pipeline.standardise)
+    two_sided: bool = False  # a window scores its distance from the normal centre (agent.pipeline.window_reading)
+    reads: str | None = None  # another part whose fitted detector this one reads (differently): fitted once
+
+    @property
+    def detector(self) -> str:
+        """The name of the fitted detector this part reads, also its bundle file stem."""
+        return self.reads or self.name
 
     @property
     def file(self) -> str:
-        return f"{self.name}.npz"
-
-    def fits_like(self, other: "Part") -> bool:
-        """Whether the two parts fit the same detector and differ only in how it is read (one fit serves both)."""
-        return replace(self, name="", two_sided=False) == replace(other, name="", two_sided=False)
+        return f"{self.detector}.npz"
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ PARTS = {p.name: p for p in (
     Part("cnn-ocsvm", "ocsvm", CNN),
     Part("logmel-gmm", "gmm", LOGMEL, overrides=FRAME_GMM),
     Part("logmel-dynamics-gmm", "gmm", LOGMEL_DYNAMICS, overrides=FRAME_GMM),
-    Part("logmel-dynamics-gmm-2s", "gmm", LOGMEL_DYNAMICS, overrides=FRAME_GMM, two_sided=True),
+    Part("logmel-dynamics-gmm-2s", "gmm", LOGMEL_DYNAMICS, overrides=FRAME_GMM, two_sided=True,
+         reads="logmel-dynamics-gmm"),
 )}
 CANDIDATES = {c.name: c for c in (
     Candidate("paper", ("cnn-gmm80",)),

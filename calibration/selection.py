@@ -27,7 +27,8 @@ from agent.audio import read_wav
 from agent.errors import ConfigError
 from agent.frontend import clip_patches
 from agent.bundle import DetectorEntry
-from agent.pipeline import fuse, standardise
+from agent.pipeline import fuse_windows, limit, standardise
+from agent.scorers import window_mean
 from agent.spec import HOP_LENGTH, N_FFT, PATCH_FRAMES, PATCH_HOP_FRAMES, WINDOW_PATCHES, FrontEndParams
 from calibration.candidates import CANDIDATES, CNN, PARTS, Candidate, Part, fit_part, score_part
 from calibration.detectors import FittedDetector
@@ -37,12 +38,11 @@ from calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY, choose_threshold
 log = logging.getLogger(__name__)
 
 # The documented default, from the measurements in benchmarks/RESULTS.md (section "Detection quality and per-machine
-# selection", fourth round): the paper's GMM-80 on the CNN features and two log-Mel GMMs, one on the spectrum and one
-# on its dynamics read two-sided, each standardised, averaged. On the synthetic test set it matches or beats every
-# peer on every machine type; on two more sets it trails the best peer on one type each (slider, valve; 0.02-0.04),
-# where `fusion`, with one-sided dynamics, lost pump on all three (clogging and leaks sound steadier than normal). On
-# the shared real clips it alarms on the real anomaly in 5 of 5 splits at one false alarm a week, and it keeps the
-# CNN's ear for whines that the log-Mel GMMs alone miss. Another candidate replaces it only when it catches clearly
+# selection", fifth round): the paper's GMM-80 on the CNN features and two log-Mel GMMs, one on the spectrum and one
+# on its dynamics, each standardised, averaged per window, the dynamics read two-sided. A clogged pump or a leak's
+# steady hiss sounds steadier than normal, which a likelihood calls more normal than normal; read per window (not per
+# patch) the distance from the normal centre is not drowned by the patches' own spread. It keeps the CNN's ear for
+# whines that the log-Mel GMMs alone miss. Another candidate replaces it only when it catches clearly
 # more synthetic faults at its own threshold: a share larger by DEFAULT_MARGIN and at least DEFAULT_RATIO times the
 # default's. A lead of a few of the 30 faulted windows is noise and switching on it measured worse than keeping the
 # default; a default that catches (almost) nothing at its operating point is blind on this machine.
@@ -131,29 +131,48 @@ class Selection:
 
     def fill(self, directory: Path) -> None:
         """Save the chosen candidate's detector files into a bundle directory (the `fill` of write_bundle)."""
-        for p in self.chosen.parts:
-            self.fitted[p].save(Path(directory) / PARTS[p].file)
+        for file, p in {PARTS[p].file: p for p in self.chosen.parts}.items():
+            self.fitted[p].save(Path(directory) / file)
 
-    def patch_scores(self, clip: NormalClip, candidate: str | None = None) -> np.ndarray:
-        """Fused, standardised per-patch scores of the chosen (or another fitted) candidate: the numbers the
-        board's PatchScorer gives for the bundle."""
-        chosen = CANDIDATES[candidate] if candidate else self.chosen
-        return _fused(chosen, _standardised(self, chosen.parts, clip))
+    def detector_scores(self, clip: NormalClip, candidate: str | None = None) -> np.ndarray:
+        """(patches, parts) standardised, limited patch scores of the chosen (or another fitted) candidate: the
+        numbers the board's PatchScorer gives for the bundle."""
+        chosen = self._candidate(candidate)
+        return _limited(chosen, _standardised(self, chosen.parts, clip))
+
+    def window_scores(self, clip: NormalClip, candidate: str | None = None) -> np.ndarray:
+        """The scores of every full window of the clip, as the board's Pipeline gives them on a stream."""
+        return self._fused(self._candidate(candidate), window_mean(self.detector_scores(clip, candidate)))
+
+    def clip_score(self, clip: NormalClip, candidate: str | None = None) -> float:
+        """One score for a whole clip, read as one window (a 10 s clip is one window: the paper's clip score)."""
+        means = self.detector_scores(clip, candidate).mean(axis=0, keepdims=True)
+        return float(self._fused(self._candidate(candidate), means)[0])
+
+    def _candidate(self, name: str | None) -> Candidate:
+        return CANDIDATES[name] if name else self.chosen
+
+    def _fused(self, candidate: Candidate, window_means: np.ndarray) -> np.ndarray:
+        return fuse_windows(window_means, [self.entries[p] for p in candidate.parts], candidate.fusion)
 
     def score_ceiling(self, candidate: str | None = None) -> float | None:
         """The largest window score the chosen (or another fitted) candidate can give, or None if unbounded. An RBF
         OC-SVM scores -(sum_i dual_i k(z, sv_i) + intercept) with dual_i >= 0 and 0 < k <= 1, so at most
         -intercept (standardised here as the bundle standardises it); a GMM is unbounded, unless its pipeline caps
-        each patch score (agent.pipeline.fuse)."""
-        chosen = CANDIDATES[candidate] if candidate else self.chosen
-        ceilings = [self._ocsvm_ceiling(part) for part in chosen.parts]
-        limits = [x for x in (None if None in ceilings else max(ceilings), chosen.patch_score_cap) if x is not None]
-        return min(limits) if limits else None
+        each patch score (agent.pipeline.limit), and a two-sided reading is unbounded anyway: it counts the distance
+        below its centre, where patch scores have no bound."""
+        chosen = self._candidate(candidate)
+        ceilings = []
+        for part in chosen.parts:
+            limits = [x for x in (self._ocsvm_ceiling(part), chosen.patch_score_cap) if x is not None]
+            if not limits or self.entries[part].window_centre is not None:
+                return None
+            ceilings.append(min(limits))
+        return max(ceilings) if chosen.fusion == "max" else float(np.mean(ceilings))
 
     def _ocsvm_ceiling(self, part: str) -> float | None:
         fitted, entry = self.fitted[part], self.entries[part]
-        if (fitted.kind != "ocsvm" or entry.two_sided_centre is not None
-                or not np.all(fitted.board_detector.scorer.dual_coef >= 0)):
+        if fitted.kind != "ocsvm" or not np.all(fitted.board_detector.scorer.dual_coef >= 0):
             return None
         return (-fitted.board_detector.scorer.intercept - entry.score_mean) / entry.score_std
 
@@ -205,16 +224,18 @@ def choose_pipeline(clips: Sequence[NormalClip], held: np.ndarray, extractor_sha
     fit_clips = [c for c, h in zip(clips, held) if not h]
     heldout = [c for c, h in zip(clips, held) if h]
     parts = list(dict.fromkeys(p for c in usable for p in c.parts))
-    fitted: dict[str, FittedDetector] = {}
+    by_detector: dict[str, FittedDetector] = {}
     for p in parts:
-        twin = next((q for q in fitted if PARTS[q].fits_like(PARTS[p])), None)
-        fitted[p] = fitted[twin] if twin else _fit(p, fit_clips, extractor_sha256, seed)
+        detector = PARTS[p].detector
+        if detector not in by_detector:
+            by_detector[detector] = _fit(detector, fit_clips, extractor_sha256, seed)
+    fitted = {p: by_detector[PARTS[p].detector] for p in parts}
     selection = Selection(chosen=usable[0], reason="the only candidate", default=default, margin=margin, ratio=ratio,
                           table=[],
                           fitted=fitted, entries={})
     heldout_raw = [_raw_scores(fitted, parts, c) for c in heldout]
     for p in parts:
-        selection.entries[p] = _entry(PARTS[p], np.concatenate([raw[p] for raw in heldout_raw]))
+        selection.entries[p] = _entry(PARTS[p], [raw[p] for raw in heldout_raw])
     normal = [_windows(selection, usable, c) for c in heldout]
     selection.heldout_windows = sum(len(w[usable[0].name]) for w in normal)
     if len(usable) == 1:
@@ -268,43 +289,51 @@ def _fit(part: str, clips: list[NormalClip], extractor_sha256: str | None, seed:
     return fit_part(PARTS[part], cnn, np.concatenate([c.db for c in clips]), extractor_sha256, seed)
 
 
-def _entry(part: Part, heldout_raw: np.ndarray) -> DetectorEntry:
-    """The part's bundle entry, standardised on its held-out normal patch scores (a two-sided part centred on
-    their mean first)."""
-    centre = float(heldout_raw.mean()) if part.two_sided else None
-    entry = DetectorEntry(part.file, part.kind, part.feature_source, two_sided_centre=centre)
-    scores = standardise(heldout_raw, entry)
-    std = float(scores.std())
-    return replace(entry, score_mean=float(scores.mean()), score_std=std if std > 0 else 1.0)
+def _entry(part: Part, heldout_raw: list[np.ndarray]) -> DetectorEntry:
+    """The part's bundle entry: standardised on its held-out normal patch scores; a two-sided part centred on the
+    mean of the held-out windows."""
+    raw = np.concatenate(heldout_raw)
+    entry = DetectorEntry(part.file, part.kind, part.feature_source, score_mean=float(raw.mean()),
+                          score_std=float(raw.std()) or 1.0)
+    if not part.two_sided:
+        return entry
+    means = np.concatenate([_window_means(standardise(r, entry)[:, None], rolling=True)[:, 0] for r in heldout_raw])
+    return replace(entry, window_centre=float(means.mean()))
+
+
+def _window_means(scores: np.ndarray, rolling: bool) -> np.ndarray:
+    """(windows, parts) means of a clip's (patches, parts) scores: every full window as the agent's stream gives
+    them, or non-overlapping ones; a clip shorter than a window is one window."""
+    if len(scores) < WINDOW_PATCHES:
+        return scores.mean(axis=0, keepdims=True)
+    if rolling:
+        return window_mean(scores)
+    n = len(scores) // WINDOW_PATCHES
+    return scores[: n * WINDOW_PATCHES].reshape(n, WINDOW_PATCHES, -1).mean(axis=1)
 
 
 def _raw_scores(fitted: dict[str, FittedDetector], parts: Sequence[str], clip: NormalClip) -> dict[str, np.ndarray]:
-    """Each part's raw patch scores on a clip; parts reading one fitted detector (fusion and fusion-2s) score it
-    once."""
-    by_detector: dict[int, np.ndarray] = {}
+    """Each part's raw patch scores on a clip; parts reading one fitted detector score it once."""
+    by_detector: dict[str, np.ndarray] = {}
     for p in parts:
-        if id(fitted[p]) not in by_detector:
-            by_detector[id(fitted[p])] = score_part(PARTS[p], fitted[p], clip.cnn, clip.db)
-    return {p: by_detector[id(fitted[p])] for p in parts}
+        if PARTS[p].detector not in by_detector:
+            by_detector[PARTS[p].detector] = score_part(PARTS[p], fitted[p], clip.cnn, clip.db)
+    return {p: by_detector[PARTS[p].detector] for p in parts}
 
 
 def _standardised(selection: Selection, parts: Sequence[str], clip: NormalClip) -> dict[str, np.ndarray]:
     return {p: standardise(raw, selection.entries[p]) for p, raw in _raw_scores(selection.fitted, parts, clip).items()}
 
 
-def _fused(candidate: Candidate, scores: dict[str, np.ndarray]) -> np.ndarray:
-    return fuse([scores[p] for p in candidate.parts], candidate.fusion, candidate.patch_score_cap)
-
-
 def _windows(selection: Selection, usable: list[Candidate], clip: NormalClip) -> dict[str, np.ndarray]:
     """Per candidate: the scores of the clip's non-overlapping windows (a shorter clip is one window)."""
     scores = _standardised(selection, list(dict.fromkeys(p for c in usable for p in c.parts)), clip)
-    out = {}
-    for c in usable:
-        fused = _fused(c, scores)
-        n = len(fused) // WINDOW_PATCHES
-        out[c.name] = fused[: n * WINDOW_PATCHES].reshape(n, WINDOW_PATCHES).mean(axis=1) if n else fused.mean()[None]
-    return out
+    return {c.name: selection._fused(c, _window_means(_limited(c, scores), rolling=False)) for c in usable}
+
+
+def _limited(candidate: Candidate, scores: dict[str, np.ndarray]) -> np.ndarray:
+    """(patches, parts): the candidate's standardised patch scores, limited to its cap."""
+    return limit(np.stack([scores[p] for p in candidate.parts], axis=1), candidate.patch_score_cap)
 
 
 def _faulted_windows(selection: Selection, usable: list[Candidate], heldout: list[NormalClip], extractor,

@@ -73,8 +73,8 @@ class PresetMethod(Method):
     def score_paths(self, paths: list[pathlib.Path], cache: FeatureCache) -> np.ndarray:
         from calibration.selection import NormalClip
 
-        return np.array([self.selection.patch_scores(NormalClip(np.empty(0, np.float32), *self._features(p, cache)))
-                         .mean() for p in paths])
+        return np.array([self.selection.clip_score(NormalClip(np.empty(0, np.float32), *self._features(p, cache)))
+                         for p in paths])
 
 
 class DetectorMethod(FeatureMethod):

@@ -9,7 +9,7 @@ from agent.bundle import Bundle, rollback, write_bundle
 from agent.errors import ModelError
 from agent.frontend import clip_patches
 from agent.frames import FRAME_SOURCES, frame_rows
-from agent.pipeline import PatchScorer, Pipeline
+from agent.pipeline import PatchScorer, Pipeline, fuse_windows
 from agent.scorers import window_mean
 from agent.spec import FrontEndParams, logmel_extractor_sha256
 from calibration.detectors import fit_detector
@@ -49,7 +49,8 @@ def test_streaming_pipeline_equals_offline_window_means(tmp_path, normal_clips, 
     write(tmp_path / "bundle", fit_frame_detector(normal_clips, source))
     bundle = Bundle.load(tmp_path / "bundle")
     clip = np.concatenate(normal_clips[4:6])
-    expected = window_mean(PatchScorer(bundle).score(clip_patches(clip)), 18)
+    expected = fuse_windows(window_mean(PatchScorer(bundle).score(clip_patches(clip)), 18), bundle.detectors,
+                            bundle.fusion)
     pipeline, results = Pipeline(bundle), []
     for start in range(0, len(clip), 3000):
         results += pipeline.push(clip[start: start + 3000])
@@ -143,9 +144,13 @@ def test_plain_directory_bundle_is_adopted(tmp_path, frame_detector):
     ({"detectors": [{"file": "../x.npz", "kind": "gmm", "feature_source": "logmel-frames"}]}, "file name inside"),
     ({"detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "cnn"}]}, "extractor.sha256"),
     ({"detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames",
-                     "two_sided_centre": "high"}]}, r"detectors\[0\] is malformed \('high' is not a finite number"),
+                     "window_centre": "high"}]}, r"detectors\[0\] is malformed \(window_centre 'high' is not a finite"),
     ({"detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames",
-                     "two_sided_centre": float("nan")}]}, "not a finite number"),
+                     "window_centre": float("nan")}]}, "window_centre nan is not a finite number"),
+    ({"detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames",
+                     "score_std": 0}]}, "non-positive score_std"),
+    ({"detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames",
+                     "two_sided_centre": 1.0}]}, "two_sided_centre is from an earlier humwatch.*recalibrate"),
     ({"fusion": "median"}, "fusion"),
     ({"patch_score_cap": 0}, "patch_score_cap"),
     ({"patch_score_cap": "10"}, "patch_score_cap"),

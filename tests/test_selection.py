@@ -12,7 +12,7 @@ from agent.bundle import Bundle, write_bundle
 from agent.errors import AudioError, ConfigError
 from agent.extractor import Extractor
 from agent.frontend import clip_patches
-from agent.pipeline import PatchScorer
+from agent.pipeline import PatchScorer, Pipeline, window_reading
 from agent.spec import WINDOW_PATCHES, FrontEndParams
 from calibration.candidates import CANDIDATES
 from calibration.selection import Injection, choose_from_files, choose_pipeline, prepare_clip
@@ -104,16 +104,19 @@ def test_the_chosen_pipeline_is_a_bundle_the_agent_scores_identically(clips, hel
                 "threshold": {"high": 3.0, "low": 2.0},
                 "extractor": {"sha256": extractor.sha256} if selection.uses_cnn else None,
                 "calibration": {"selection": selection.report()}, **selection.manifest_fields()}
-    write_bundle(tmp_path / "bundle", manifest, selection.fill,
-                 extractor=squeezenet_int8 if selection.uses_cnn else None)
+    version = write_bundle(tmp_path / "bundle", manifest, selection.fill,
+                           extractor=squeezenet_int8 if selection.uses_cnn else None)
     bundle = Bundle.load(tmp_path / "bundle")
     assert [d.file for d in bundle.detectors] == [d["file"] for d in manifest["detectors"]]
+    assert sorted(p.name for p in version.glob("*.npz")) == sorted({d.file for d in bundle.detectors})
     assert (bundle.extractor_path is None) == (candidate == "logmel-gmm")
     clip = clips[int(np.flatnonzero(held)[0])]
     board = PatchScorer(bundle).score(clip_patches(clip.samples, bundle.frontend))
-    np.testing.assert_allclose(board, selection.patch_scores(clip), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(board, selection.detector_scores(clip), rtol=1e-6, atol=1e-6)
+    streamed = [r.window_score for r in Pipeline(bundle).push(clip.samples) if r.window_score is not None]
+    np.testing.assert_allclose(streamed, selection.window_scores(clip), rtol=1e-6, atol=1e-6)
     # standardised on the held-out normal patches: mean 0 and unit spread there
-    held_scores = np.concatenate([selection.patch_scores(c) for c, h in zip(clips, held) if h])
+    held_scores = np.concatenate([selection.detector_scores(c) for c, h in zip(clips, held) if h])
     if candidate == "logmel-gmm":
         assert abs(held_scores.mean()) < 1e-9 and abs(held_scores.std() - 1) < 1e-9
 
@@ -132,23 +135,26 @@ def steadier(samples: np.ndarray) -> np.ndarray:
 def test_the_two_sided_dynamics_reading_flags_a_sound_steadier_than_normal(clips, held, extractor):
     selection = choose(clips, held, extractor, candidates=("fusion", "fusion-2s"), injections=GAIN)
     one, two = selection.entries["logmel-dynamics-gmm"], selection.entries["logmel-dynamics-gmm-2s"]
-    assert one.two_sided_centre is None and two.two_sided_centre is not None
+    assert one.window_centre is None and two.window_centre is not None
     # one fit serves both readings
     assert selection.fitted["logmel-dynamics-gmm"] is selection.fitted["logmel-dynamics-gmm-2s"]
     normal = clips[int(np.flatnonzero(held)[0])]
     steady = prepare_clip(steadier(normal.samples), extractor, FrontEndParams())
-    lift = selection.patch_scores(steady, "fusion-2s") - selection.patch_scores(steady, "fusion")
-    usual = selection.patch_scores(normal, "fusion-2s") - selection.patch_scores(normal, "fusion")
+    dynamics = selection.detector_scores(steady, "fusion")[:, 2].mean(keepdims=True)
     # a one-sided likelihood calls the steady copy far more normal than normal; the two-sided reading, abnormal
-    assert lift.mean() > 2.0 > abs(usual.mean())
+    assert window_reading(dynamics, one)[0] < -2.0 and window_reading(dynamics, two)[0] > 2.0
+    lift = selection.clip_score(steady, "fusion-2s") - selection.clip_score(steady, "fusion")
+    usual = selection.clip_score(normal, "fusion-2s") - selection.clip_score(normal, "fusion")
+    assert lift > 2.0 > abs(usual)
 
 
 def test_a_capped_fusion_is_bounded_by_its_cap_and_an_uncapped_gmm_is_not(clips, held, extractor):
     selection = choose(clips, held, extractor, candidates=("fusion",))
     cap = CANDIDATES["fusion"].patch_score_cap
-    assert cap is not None and selection.score_ceiling() == cap
+    assert cap is not None and max(selection.detector_scores(c).max() for c in clips) <= cap
+    ceiling = selection.score_ceiling()
+    assert ceiling is not None and max(selection.window_scores(c).max() for c in clips) <= ceiling
     assert selection.score_ceiling("paper") is None  # its GMM-80 part alone, uncapped
-    assert max(selection.patch_scores(c).max() for c in clips) <= cap
 
 
 def test_files_named_as_anomalies_are_refused_and_never_read(normal_files, extractor, tmp_path):
