@@ -110,11 +110,11 @@ def in_process(bundle: pathlib.Path, audio: np.ndarray) -> None:
     pipeline.reset()
     spent.clear()
     timed(pipeline.front_end, "push", spent, "front end")
-    for detector in pipeline.scorer.detectors:
+    for detector in pipeline.scorer.detectors.values():
         timed(detector, "score", spent, detector.path.stem)
     cpu, patches = stream(pipeline, audio)
     stages = {"front end (Mel + images)": spent["front end"],
-              **{f"detector {d.path.stem}": spent[d.path.stem] for d in pipeline.scorer.detectors}}
+              **{f"detector {d.path.stem}": spent[d.path.stem] for d in pipeline.scorer.detectors.values()}}
     rest = cpu - spent.get("invoke", 0.0) - sum(stages.values())
     print("  breakdown (second pass, every stage timed), ms per patch: "
           + ", ".join(f"{name} {value / patches * 1e3:.3f}" for name, value in stages.items())
