@@ -297,18 +297,16 @@ def _entry(part: Part, heldout_raw: list[np.ndarray]) -> DetectorEntry:
                           score_std=float(raw.std()) or 1.0)
     if not part.two_sided:
         return entry
-    means = np.concatenate([_window_means(standardise(r, entry)[:, None], rolling=True)[:, 0] for r in heldout_raw])
+    means = np.concatenate([_window_means(standardise(r, entry)[:, None])[:, 0] for r in heldout_raw])
     return replace(entry, window_centre=float(means.mean()))
 
 
-def _window_means(scores: np.ndarray, rolling: bool) -> np.ndarray:
-    """(windows, parts) means of a clip's (patches, parts) scores: every full window as the agent's stream gives
-    them, or non-overlapping ones; a clip shorter than a window is one window."""
-    if len(scores) < WINDOW_PATCHES:
-        return scores.mean(axis=0, keepdims=True)
-    if rolling:
-        return window_mean(scores)
+def _window_means(scores: np.ndarray) -> np.ndarray:
+    """(windows, parts) means of a clip's (patches, parts) scores over its non-overlapping windows; a clip shorter
+    than a window is one window."""
     n = len(scores) // WINDOW_PATCHES
+    if n == 0:
+        return scores.mean(axis=0, keepdims=True)
     return scores[: n * WINDOW_PATCHES].reshape(n, WINDOW_PATCHES, -1).mean(axis=1)
 
 
@@ -328,7 +326,7 @@ def _standardised(selection: Selection, parts: Sequence[str], clip: NormalClip) 
 def _windows(selection: Selection, usable: list[Candidate], clip: NormalClip) -> dict[str, np.ndarray]:
     """Per candidate: the scores of the clip's non-overlapping windows (a shorter clip is one window)."""
     scores = _standardised(selection, list(dict.fromkeys(p for c in usable for p in c.parts)), clip)
-    return {c.name: selection._fused(c, _window_means(_limited(c, scores), rolling=False)) for c in usable}
+    return {c.name: selection._fused(c, _window_means(_limited(c, scores))) for c in usable}
 
 
 def _limited(candidate: Candidate, scores: dict[str, np.ndarray]) -> np.ndarray:
