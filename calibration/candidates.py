@@ -75,7 +75,7 @@ class Candidate:
     name: str
     parts: tuple[str, ...]
     fusion: str = "mean"
-    patch_score_cap: float | None = None  # see agent.pipeline.fuse
+    patch_score_cap: float | None = None  # see agent.pipeline.limit
 
     def uses_cnn(self) -> bool:
         return any(PARTS[p].feature_source == CNN for p in self.parts)
