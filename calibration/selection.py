@@ -138,7 +138,7 @@ class Selection:
         """(patches, parts) standardised, limited patch scores of the chosen (or another fitted) candidate: the
         numbers the board's PatchScorer gives for the bundle."""
         chosen = self._candidate(candidate)
-        return _limited(chosen, _standardised(self, chosen.parts, clip))
+        return _limited(chosen, _standardised(self, _raw_scores(self.fitted, chosen.parts, clip)))
 
     def window_scores(self, clip: NormalClip, candidate: str | None = None) -> np.ndarray:
         """The scores of every full window of the clip, as the board's Pipeline gives them on a stream."""
@@ -223,7 +223,7 @@ def choose_pipeline(clips: Sequence[NormalClip], held: np.ndarray, extractor_sha
         raise ValueError("every candidate needs CNN features, and none were given")
     fit_clips = [c for c, h in zip(clips, held) if not h]
     heldout = [c for c, h in zip(clips, held) if h]
-    parts = list(dict.fromkeys(p for c in usable for p in c.parts))
+    parts = _parts_of(usable)
     by_detector: dict[str, FittedDetector] = {}
     for p in parts:
         detector = PARTS[p].detector
@@ -236,7 +236,7 @@ def choose_pipeline(clips: Sequence[NormalClip], held: np.ndarray, extractor_sha
     heldout_raw = [_raw_scores(fitted, parts, c) for c in heldout]
     for p in parts:
         selection.entries[p] = _entry(PARTS[p], [raw[p] for raw in heldout_raw])
-    normal = [_windows(selection, usable, c) for c in heldout]
+    normal = [_windows(selection, usable, raw) for raw in heldout_raw]
     selection.heldout_windows = sum(len(w[usable[0].name]) for w in normal)
     if len(usable) == 1:
         return selection
@@ -319,14 +319,20 @@ def _raw_scores(fitted: dict[str, FittedDetector], parts: Sequence[str], clip: N
     return {p: by_detector[PARTS[p].detector] for p in parts}
 
 
-def _standardised(selection: Selection, parts: Sequence[str], clip: NormalClip) -> dict[str, np.ndarray]:
-    return {p: standardise(raw, selection.entries[p]) for p, raw in _raw_scores(selection.fitted, parts, clip).items()}
+def _standardised(selection: Selection, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {p: standardise(r, selection.entries[p]) for p, r in raw.items()}
 
 
-def _windows(selection: Selection, usable: list[Candidate], clip: NormalClip) -> dict[str, np.ndarray]:
-    """Per candidate: the scores of the clip's non-overlapping windows (a shorter clip is one window)."""
-    scores = _standardised(selection, list(dict.fromkeys(p for c in usable for p in c.parts)), clip)
+def _windows(selection: Selection, usable: list[Candidate], raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per candidate: the scores of a clip's non-overlapping windows (a shorter clip is one window), from the
+    clip's raw patch scores of every part the candidates use."""
+    scores = _standardised(selection, raw)
     return {c.name: selection._fused(c, _window_means(_limited(c, scores))) for c in usable}
+
+
+def _parts_of(candidates: Sequence[Candidate]) -> list[str]:
+    """Every part the candidates use, once, in order."""
+    return list(dict.fromkeys(p for c in candidates for p in c.parts))
 
 
 def _limited(candidate: Candidate, scores: dict[str, np.ndarray]) -> np.ndarray:
@@ -349,7 +355,8 @@ def _faulted_windows(selection: Selection, usable: list[Candidate], heldout: lis
         source = heldout[order[(i + i // len(heldout)) % len(heldout)]]
         samples = injection.apply(source.samples[:WINDOW_SAMPLES])
         copy = prepare_clip(samples, extractor if any(c.uses_cnn() for c in usable) else None, params)
-        out.append((injection.label, {k: v[:1] for k, v in _windows(selection, usable, copy).items()}))
+        raw = _raw_scores(selection.fitted, _parts_of(usable), copy)
+        out.append((injection.label, {k: v[:1] for k, v in _windows(selection, usable, raw).items()}))
     return out
 
 
