@@ -32,7 +32,8 @@ class PatchScorer:
                                  f"the bundle was calibrated with ({bundle.extractor_sha256[:12]}); recalibrate or "
                                  "restore the model")
         # Entries reading one detector file (its two readings) share one loaded detector and one scoring per batch.
-        self.detectors: dict[str, Detector] = {e.file: self._load(e) for e in bundle.detectors}
+        self.detectors: dict[str, Detector] = {file: self._load(e)
+                                               for file, e in {e.file: e for e in bundle.detectors}.items()}
 
     def _load(self, entry: DetectorEntry) -> Detector:
         """A bundle's detector, refused at start unless it was fitted on the features the bundle says it scores."""
