@@ -41,6 +41,13 @@ class DetectorEntry:
     # Two-sided detector: its window reading is the window mean's distance from this centre (the held-out normal
     # window mean), so a window far *more* normal than normal counts too (agent.pipeline.window_reading).
     window_centre: float | None = None
+    # What alarms, score messages and logs call this detector's reading: the calibration part it came from (two
+    # readings of one file have two names). Without one (a bundle written before names existed), the file's stem.
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", pathlib.PurePath(self.file).stem)
 
 
 @dataclass(frozen=True)
@@ -112,10 +119,15 @@ class Bundle:
                 bad = [f"{k} {v!r}" for k, v in numbers.items() if not (_is_number(v) and math.isfinite(v))]
                 if bad:
                     raise ValueError(f"{', '.join(bad)} is not a finite number")
+                name = d.get("name", "")
+                if "name" in d and not (isinstance(name, str) and name.isprintable() and name.strip() == name != ""):
+                    raise ValueError(f"name {name!r} is not a plain non-empty text")
                 entry = DetectorEntry(file=str(d["file"]), kind=str(d["kind"]), feature_source=str(d["feature_source"]),
-                                      **{k: float(v) for k, v in numbers.items()})
+                                      name=name, **{k: float(v) for k, v in numbers.items()})
             except (KeyError, TypeError, ValueError) as exc:
                 raise ModelError(f"{where}: detectors[{i}] is malformed ({exc})") from None
+            if any(e.name == entry.name for e in entries):
+                raise ModelError(f"{where}: detectors[{i}].name {entry.name!r} repeats an earlier detector's")
             if entry.feature_source not in FEATURE_SOURCES or not entry.score_std > 0:
                 raise ModelError(f"{where}: detectors[{i}] has feature_source {entry.feature_source!r} "
                                  f"(expected one of {FEATURE_SOURCES}) or a non-positive score_std")

@@ -294,7 +294,7 @@ def _entry(part: Part, heldout_raw: list[np.ndarray]) -> DetectorEntry:
     mean of the held-out windows."""
     raw = np.concatenate(heldout_raw)
     entry = DetectorEntry(part.file, part.kind, part.feature_source, score_mean=float(raw.mean()),
-                          score_std=float(raw.std()) or 1.0)
+                          score_std=float(raw.std()) or 1.0, name=part.name)
     if not part.two_sided:
         return entry
     means = np.concatenate([_window_means(standardise(r, entry)[:, None])[:, 0] for r in heldout_raw])
