@@ -16,7 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from agent.errors import ConfigError, HumwatchError
-from agent.publish import MqttSettings, Topics, make_client, utc_now
+from agent.publish import MqttSettings, Topics, describe_detector_scores, make_client, utc_now
 
 # How settings errors name the fields here: the command-line flags.
 OPTION_NAMES = {"host": "--host", "port": "--port", "prefix": "--prefix", "username": "--username",
@@ -107,6 +107,8 @@ def _alarm_words(event: dict) -> list[str]:
         words.append(f"score {event['window_score']:.4g}")
     if isinstance(event.get("threshold"), (int, float)):
         words.append(f"threshold {event['threshold']:.4g}")
+    if isinstance(event.get("detector_scores"), dict) and event["detector_scores"]:
+        words.append(f"({describe_detector_scores(event['detector_scores'])})")
     if event.get("reason"):
         words.append(f"- {event['reason']}")
     words.append(f"(id {event.get('id', '?')})")

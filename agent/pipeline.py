@@ -73,7 +73,7 @@ def limit(scores: np.ndarray, cap: float | None) -> np.ndarray:
 
 
 def window_reading(window_means: np.ndarray, entry: DetectorEntry) -> np.ndarray:
-    """One detector's window score: the mean of its standardised patch scores over the window. A two-sided entry
+    """One detector's reading of windows: the mean of its standardised patch scores over each. A two-sided entry
     takes the distance from its normal centre instead: a likelihood on frame dynamics calls a *steadier* sound more
     normal than normal, and a clogged pump or a leak's steady hiss is steadier. Read per window, not per patch, so
     that the patches' own spread around the centre does not count as distance (benchmarks/RESULTS.md, fifth
@@ -81,17 +81,28 @@ def window_reading(window_means: np.ndarray, entry: DetectorEntry) -> np.ndarray
     return window_means if entry.window_centre is None else np.abs(window_means - entry.window_centre)
 
 
+def window_readings(window_means: np.ndarray, entries: Sequence[DetectorEntry]) -> np.ndarray:
+    """Each detector's reading of each window, (windows, detectors), from its window means of the same shape."""
+    return np.stack([window_reading(window_means[:, j], entry) for j, entry in enumerate(entries)], axis=1)
+
+
+def fuse(readings: np.ndarray, fusion: str) -> np.ndarray:
+    """Window scores from the detectors' readings (windows, detectors): their mean, or the largest."""
+    return readings.max(axis=1) if fusion == "max" else readings.mean(axis=1)
+
+
 def fuse_windows(window_means: np.ndarray, entries: Sequence[DetectorEntry], fusion: str) -> np.ndarray:
-    """Window scores from each detector's window means, (windows, detectors): each read by its entry, then
-    averaged (or the largest taken)."""
-    readings = np.stack([window_reading(window_means[:, j], entry) for j, entry in enumerate(entries)])
-    return readings.max(axis=0) if fusion == "max" else readings.mean(axis=0)
+    """Window scores from each detector's window means, (windows, detectors)."""
+    return fuse(window_readings(window_means, entries), fusion)
 
 
 @dataclass(frozen=True)
 class PatchScore:
     time: float  # seconds of stream audio consumed when the patch completed
     window_score: float | None  # the last window's fused score; None until a full window is seen
+    # Each detector's reading of that window, by entry name, in held-out normal standard deviations: which part
+    # of the sound moved (the spectrum, its dynamics, the CNN's picture of it). None with window_score.
+    detector_scores: dict[str, float] | None = None
 
 
 class Pipeline:
@@ -112,12 +123,14 @@ class Pipeline:
         if len(batch) == 0:
             return []
         results = []
+        names = [entry.name for entry in self.bundle.detectors]
         for end, scores in zip(batch.end_samples, self.scorer.score(batch)):
             self._window.append(scores)
-            full = len(self._window) == self._window.maxlen
-            window_score = None
-            if full:
-                means = np.mean(self._window, axis=0)[None]
-                window_score = float(fuse_windows(means, self.bundle.detectors, self.bundle.fusion)[0])
-            results.append(PatchScore(time=float(end) / SAMPLE_RATE, window_score=window_score))
+            seconds = float(end) / SAMPLE_RATE
+            if len(self._window) < self._window.maxlen:
+                results.append(PatchScore(time=seconds, window_score=None))
+                continue
+            readings = window_readings(np.mean(self._window, axis=0)[None], self.bundle.detectors)
+            results.append(PatchScore(time=seconds, window_score=float(fuse(readings, self.bundle.fusion)[0]),
+                                      detector_scores=dict(zip(names, readings[0].tolist()))))
         return results

@@ -228,6 +228,12 @@ def to_json(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, default=plain, separators=(",", ":"), allow_nan=False).encode()
 
 
+def describe_detector_scores(scores: Mapping[str, Any]) -> str:
+    """A message's per-detector window readings as one short phrase for a person ("cnn-gmm80 0.41, ...")."""
+    return ", ".join(f"{name} {value:.3g}" if isinstance(value, (int, float)) else f"{name} ?"
+                     for name, value in scores.items())
+
+
 def node_id(machine: str) -> str:
     """The machine name reduced to what Home Assistant accepts in ids and discovery topics."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", machine)

@@ -18,6 +18,7 @@ from agent.audio import read_wav
 from agent.bundle import Bundle
 from agent.errors import AudioError
 from agent.pipeline import Pipeline
+from agent.publish import describe_detector_scores
 from agent.spec import SAMPLE_RATE
 
 SHOWN_ALARM_TIMES = 10  # window end times listed per file in the human-readable output
@@ -30,6 +31,7 @@ def score_file(pipeline: Pipeline, path: pathlib.Path, channel: int | str = 0) -
     results = [r for r in pipeline.push(samples) if r.window_score is not None]
     bundle = pipeline.bundle
     scores = np.array([r.window_score for r in results])
+    loudest = results[int(scores.argmax())].detector_scores if results else None
     above = [r.time for r in results if r.window_score > bundle.threshold_high]
     if not results:
         verdict = "too_short"
@@ -39,9 +41,12 @@ def score_file(pipeline: Pipeline, path: pathlib.Path, channel: int | str = 0) -
         "file": str(path), "verdict": verdict, "seconds": round(len(samples) / SAMPLE_RATE, 3),
         "threshold": bundle.threshold_high, "threshold_low": bundle.threshold_low,
         "max_window_score": float(scores.max()) if len(scores) else None,
+        "max_window_detector_scores": loudest,
         "windows": len(results), "windows_above": len(above),
         "window_end_times": [round(r.time, 3) for r in results],
         "window_scores": [round(float(s), 6) for s in scores],
+        "window_detector_scores": {entry.name: [round(r.detector_scores[entry.name], 6) for r in results]
+                                   for entry in bundle.detectors},
         "bundle": bundle.id,
     }
 
@@ -51,7 +56,8 @@ def describe(result: dict) -> str:
     if result["verdict"] == "too_short":
         return (f"{result['file']}: too short ({result['seconds']:.1f} s) for one 10 s window; nothing judged")
     line = (f"{result['file']}: {result['verdict'].upper()}  max window score {result['max_window_score']:.4g} "
-            f"(threshold {result['threshold']:.4g}), {result['windows_above']} of {result['windows']} windows above")
+            f"(threshold {result['threshold']:.4g}; {describe_detector_scores(result['max_window_detector_scores'])}), "
+            f"{result['windows_above']} of {result['windows']} windows above")
     if result["windows_above"]:
         times = [t for t, s in zip(result["window_end_times"], result["window_scores"]) if s > result["threshold"]]
         shown = ", ".join(f"{t:.1f}" for t in times[:SHOWN_ALARM_TIMES])

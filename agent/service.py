@@ -36,8 +36,8 @@ from agent.config import Config, load_config
 from agent.errors import HumwatchError, ModelError
 from agent.frontend import clip_patches
 from agent.outbox import Outbox
-from agent.pipeline import Pipeline
-from agent.publish import MqttPublisher
+from agent.pipeline import PatchScore, Pipeline
+from agent.publish import MqttPublisher, describe_detector_scores
 from agent.sdnotify import Notifier, watchdog_interval
 from agent.spec import SAMPLE_RATE
 
@@ -143,13 +143,14 @@ class Analysis:
             self._gap = False
             self.pipeline.reset()
         for result in self.pipeline.push(chunk):
-            self._decide(result.time, result.window_score)
+            self._decide(result)
 
-    def _decide(self, audio_time: float, window_score: float | None) -> None:
-        if window_score is None:
+    def _decide(self, result: PatchScore) -> None:
+        if result.window_score is None:
             return
+        audio_time, window_score, detector_scores = result.time, result.window_score, result.detector_scores
         self.last_window_score = window_score
-        self._maybe_send_score(audio_time, window_score)
+        self._maybe_send_score(audio_time, window_score, detector_scores)
         if self.health.faults:
             return  # the sound of a broken sensor says nothing about the machine
         event = self.policy.update(audio_time, window_score)
@@ -159,11 +160,12 @@ class Analysis:
             reason = f"window score above the threshold for {event.consecutive} decisions in a row"
         else:
             reason = f"window score below the clear threshold for {event.consecutive} decisions in a row"
-        log.warning("machine anomaly %s at %.1f s of audio: window score %.4g, threshold %.4g", event.kind,
-                    audio_time, window_score, event.threshold)
+        log.warning("machine anomaly %s at %.1f s of audio: window score %.4g, threshold %.4g (%s)", event.kind,
+                    audio_time, window_score, event.threshold, describe_detector_scores(detector_scores))
         self.publisher.publish_alarm({"kind": "anomaly", "event": event.kind, "window_score": window_score,
-                                      "threshold": event.threshold, "model": self.pipeline.bundle.model_ids,
-                                      "reason": reason, "audio_time": round(audio_time, 3)})
+                                      "threshold": event.threshold, "detector_scores": detector_scores,
+                                      "model": self.pipeline.bundle.model_ids, "reason": reason,
+                                      "audio_time": round(audio_time, 3)})
 
     def _sensor_event(self, event: SensorEvent) -> None:
         kind = "raised" if event.kind == "fault" else "cleared"
@@ -185,13 +187,14 @@ class Analysis:
             self.publisher.publish_state(state, detail)
             self._last_status = -float("inf")
 
-    def _maybe_send_score(self, audio_time: float, window_score: float) -> None:
+    def _maybe_send_score(self, audio_time: float, window_score: float, detector_scores: dict[str, float]) -> None:
         interval = self.config.alarm.score_interval
         if interval <= 0 or (self._last_score_sent is not None and audio_time - self._last_score_sent < interval):
             return
         self._last_score_sent = audio_time
         self.publisher.publish_score({"window_score": window_score, "threshold": self.policy.threshold_high,
-                                      "state": self.state, "audio_time": round(audio_time, 3)})
+                                      "detector_scores": detector_scores, "state": self.state,
+                                      "audio_time": round(audio_time, 3)})
 
     def _heartbeat(self, now: float) -> None:
         if now - self._last_watchdog >= self._watchdog_every:

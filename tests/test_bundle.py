@@ -58,6 +58,8 @@ def test_streaming_pipeline_equals_offline_window_means(tmp_path, normal_clips, 
     assert len(results) == len(clip_patches(clip)) and windows[:17] == [None] * 17
     np.testing.assert_allclose(windows[17:], expected, rtol=1e-12)
     assert results[0].time == pytest.approx(16640 / 16000)
+    # a manifest without detector names (written before they existed) calls a detector by its file's stem
+    assert [r.detector_scores for r in results[17:]] == [{"frames": w} for w in windows[17:]]
     assert np.diff([r.time for r in results]) == pytest.approx(0.512)
 
 
@@ -151,6 +153,13 @@ def test_plain_directory_bundle_is_adopted(tmp_path, frame_detector):
                      "score_std": 0}]}, "non-positive score_std"),
     ({"detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames",
                      "two_sided_centre": 1.0}]}, "two_sided_centre is from an earlier humwatch.*recalibrate"),
+    ({"detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames", "name": ""}]},
+     r"detectors\[0\] is malformed \(name '' is not a plain"),
+    ({"detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames", "name": 3}]},
+     "name 3 is not a plain"),
+    ({"detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames"},
+                    {"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames", "window_centre": 0.0}]},
+     r"detectors\[1\].name 'frames' repeats"),
     ({"fusion": "median"}, "fusion"),
     ({"patch_score_cap": 0}, "patch_score_cap"),
     ({"patch_score_cap": "10"}, "patch_score_cap"),

@@ -48,7 +48,8 @@ def test_listen_prints_state_and_alarms_of_one_machine(mosquitto, publisher, sub
     retained.wait_on("humwatch/pump-1/state")  # status and state are on the broker
     process = listen(mosquitto, "--machine", "pump-1", "--count", "4")  # 2 retained, then 2 live
     pump.publish_alarm({"id": "a1", "kind": "anomaly", "event": "raised", "window_score": 3.14159,
-                        "threshold": 2.5, "reason": "window score above threshold"})
+                        "threshold": 2.5, "detector_scores": {"cnn-gmm80": 0.5123, "logmel-dynamics-gmm-2s": 5.77},
+                        "reason": "window score above threshold"})
     pump.publish_state("anomaly", "score 3.14 above 2.5")
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
@@ -57,7 +58,8 @@ def test_listen_prints_state_and_alarms_of_one_machine(mosquitto, publisher, sub
     assert sorted(line.split(" ", 1)[1] for line in lines[:2]) == \
         ["pump-1 state normal [retained]", "pump-1 status online [retained]"]
     assert sorted(line.split(" ", 1)[1] for line in lines[2:]) == [  # alarm and state take separate paths
-        "pump-1 ALARM anomaly raised score 3.142 threshold 2.5 - window score above threshold (id a1)",
+        "pump-1 ALARM anomaly raised score 3.142 threshold 2.5 (cnn-gmm80 0.512, logmel-dynamics-gmm-2s 5.77) "
+        "- window score above threshold (id a1)",
         "pump-1 state anomaly (score 3.14 above 2.5)"]
 
 

@@ -113,8 +113,16 @@ def test_the_chosen_pipeline_is_a_bundle_the_agent_scores_identically(clips, hel
     clip = clips[int(np.flatnonzero(held)[0])]
     board = PatchScorer(bundle).score(clip_patches(clip.samples, bundle.frontend))
     np.testing.assert_allclose(board, selection.detector_scores(clip), rtol=1e-6, atol=1e-6)
-    streamed = [r.window_score for r in Pipeline(bundle).push(clip.samples) if r.window_score is not None]
-    np.testing.assert_allclose(streamed, selection.window_scores(clip), rtol=1e-6, atol=1e-6)
+    streamed = [r for r in Pipeline(bundle).push(clip.samples) if r.window_score is not None]
+    np.testing.assert_allclose([r.window_score for r in streamed], selection.window_scores(clip), rtol=1e-6,
+                               atol=1e-6)
+    # each detector's reading is named after its part (the two-sided one apart from its file), and the window
+    # score is their mean
+    parts = list(CANDIDATES[candidate].parts)
+    assert [d.name for d in bundle.detectors] == parts
+    for result in streamed:
+        assert list(result.detector_scores) == parts
+        assert np.mean(list(result.detector_scores.values())) == pytest.approx(result.window_score, abs=1e-12)
     # standardised on the held-out normal patches: mean 0 and unit spread there
     held_scores = np.concatenate([selection.detector_scores(c) for c, h in zip(clips, held) if h])
     if candidate == "logmel-gmm":

@@ -197,11 +197,14 @@ def test_fault_alarm_end_to_end_with_systemd_notify_and_clean_stop(
     assert cleared["threshold"] == pytest.approx(agent_bundle.threshold_low)
     assert cleared["window_score"] < agent_bundle.threshold_low
     assert raised["model"] == agent_bundle.model_ids
+    # the paper's bundle has one detector: its reading is the window score
+    assert raised["detector_scores"] == {"cnn-gmm80": pytest.approx(raised["window_score"])}
     assert "3 decisions in a row" in raised["reason"]
     # Normal sound before the fault raised nothing; the fault was decided within one window + 2 s of its onset.
     assert FAULT_ONSET < raised["audio_time"] <= FAULT_ONSET + LATENCY_GOAL
     scores = [m.json() for m in subscriber.on("humwatch/pump1/score")]
     before = [s["window_score"] for s in scores if s["audio_time"] < FAULT_ONSET]
+    assert all(s["detector_scores"] == {"cnn-gmm80": pytest.approx(s["window_score"])} for s in scores)
     assert len(before) >= 5 and max(before) < agent_bundle.threshold_high
 
     sensor = alarms(subscriber, "sensor_fault")
@@ -406,11 +409,14 @@ def test_score_command_judges_files_with_the_agents_pipeline(agent_bundle, dcase
         pipeline.reset()
         expected = [r.window_score for r in pipeline.push(read_wav(path)) if r.window_score is not None]
         assert result["windows"] == 1 and result["window_scores"] == pytest.approx(expected, abs=1e-5)
+        assert result["window_detector_scores"] == {"cnn-gmm80": pytest.approx(expected, abs=1e-5)}
+        assert result["max_window_detector_scores"] == {"cnn-gmm80": pytest.approx(expected[0])}
         assert result["threshold"] == agent_bundle.threshold_high and result["bundle"] == agent_bundle.id
     assert results[1]["max_window_score"] > agent_bundle.threshold_high > results[0]["max_window_score"]
 
     done = run_score("--bundle", str(agent_bundle.path), str(normal))
     assert done.returncode == 0
     assert done.stdout.startswith(f"{normal}: NORMAL  max window score") and "0 of 1 windows above" in done.stdout
+    assert re.search(r"\(threshold [0-9.]+; cnn-gmm80 -?[0-9.e+-]+\)", done.stdout), done.stdout
     done = run_score("--bundle", str(agent_bundle.path), str(tmp_path / "absent.wav"))
     assert done.returncode == 2 and "absent.wav: no such file" in done.stderr
