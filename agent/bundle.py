@@ -42,12 +42,14 @@ class DetectorEntry:
     # window mean), so a window far *more* normal than normal counts too (agent.pipeline.window_reading).
     window_centre: float | None = None
     # What alarms, score messages and logs call this detector's reading: the calibration part it came from (two
-    # readings of one file have two names). Without one (a bundle written before names existed), the file's stem.
+    # readings of one file have two names). A bundle written before names existed gets the name calibration gives
+    # (calibration.candidates.PARTS): the file's stem, "-2s" added for a two-sided reading.
     name: str = ""
 
     def __post_init__(self) -> None:
         if not self.name:
-            object.__setattr__(self, "name", pathlib.PurePath(self.file).stem)
+            two_sided = "-2s" if self.window_centre is not None else ""
+            object.__setattr__(self, "name", pathlib.PurePath(self.file).stem + two_sided)
 
 
 @dataclass(frozen=True)
@@ -120,14 +122,16 @@ class Bundle:
                 if bad:
                     raise ValueError(f"{', '.join(bad)} is not a finite number")
                 name = d.get("name", "")
-                if "name" in d and not (isinstance(name, str) and name.isprintable() and name.strip() == name != ""):
+                plain = isinstance(name, str) and name != "" and name.isprintable() and name.strip() == name
+                if "name" in d and not plain:
                     raise ValueError(f"name {name!r} is not a plain non-empty text")
                 entry = DetectorEntry(file=str(d["file"]), kind=str(d["kind"]), feature_source=str(d["feature_source"]),
                                       name=name, **{k: float(v) for k, v in numbers.items()})
             except (KeyError, TypeError, ValueError) as exc:
                 raise ModelError(f"{where}: detectors[{i}] is malformed ({exc})") from None
             if any(e.name == entry.name for e in entries):
-                raise ModelError(f"{where}: detectors[{i}].name {entry.name!r} repeats an earlier detector's")
+                raise ModelError(f"{where}: detectors[{i}] is named {entry.name!r} like an earlier detector (without "
+                                 "a name, a detector is named after its file)")
             if entry.feature_source not in FEATURE_SOURCES or not entry.score_std > 0:
                 raise ModelError(f"{where}: detectors[{i}] has feature_source {entry.feature_source!r} "
                                  f"(expected one of {FEATURE_SOURCES}) or a non-positive score_std")

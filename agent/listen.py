@@ -94,7 +94,7 @@ def render(topic: str, payload: bytes, retained: bool, as_json: bool) -> str:
     if not isinstance(body, dict):
         line = f"{utc_now()} {machine} {what} {text}"
     elif what == "alarm":
-        line = " ".join([body.get("time", "?"), machine, "ALARM", *_alarm_words(body)])
+        line = " ".join([str(body.get("time", "?")), machine, "ALARM", *_alarm_words(body)])
     else:
         line = f"{body.get('time', '?')} {machine} {what} {body.get('state', text)}"
         line += f" ({body['detail']})" if body.get("detail") else ""

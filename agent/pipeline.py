@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -91,18 +91,13 @@ def fuse(readings: np.ndarray, fusion: str) -> np.ndarray:
     return readings.max(axis=1) if fusion == "max" else readings.mean(axis=1)
 
 
-def fuse_windows(window_means: np.ndarray, entries: Sequence[DetectorEntry], fusion: str) -> np.ndarray:
-    """Window scores from each detector's window means, (windows, detectors)."""
-    return fuse(window_readings(window_means, entries), fusion)
-
-
 @dataclass(frozen=True)
 class PatchScore:
     time: float  # seconds of stream audio consumed when the patch completed
     window_score: float | None  # the last window's fused score; None until a full window is seen
     # Each detector's reading of that window, by entry name, in held-out normal standard deviations: which part
-    # of the sound moved (the spectrum, its dynamics, the CNN's picture of it). None with window_score.
-    detector_scores: dict[str, float] | None = None
+    # of the sound moved (the spectrum, its dynamics, the CNN's picture of it). Empty until a full window is seen.
+    readings: dict[str, float] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -132,5 +127,5 @@ class Pipeline:
                 continue
             readings = window_readings(np.mean(self._window, axis=0)[None], self.bundle.detectors)
             results.append(PatchScore(time=seconds, window_score=float(fuse(readings, self.bundle.fusion)[0]),
-                                      detector_scores=dict(zip(names, readings[0].tolist()))))
+                                      readings=dict(zip(names, readings[0].tolist()))))
         return results

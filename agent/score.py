@@ -31,7 +31,8 @@ def score_file(pipeline: Pipeline, path: pathlib.Path, channel: int | str = 0) -
     results = [r for r in pipeline.push(samples) if r.window_score is not None]
     bundle = pipeline.bundle
     scores = np.array([r.window_score for r in results])
-    loudest = results[int(scores.argmax())].detector_scores if results else None
+    loudest = ({name: round(value, 6) for name, value in results[int(scores.argmax())].readings.items()}
+               if results else None)
     above = [r.time for r in results if r.window_score > bundle.threshold_high]
     if not results:
         verdict = "too_short"
@@ -45,7 +46,7 @@ def score_file(pipeline: Pipeline, path: pathlib.Path, channel: int | str = 0) -
         "windows": len(results), "windows_above": len(above),
         "window_end_times": [round(r.time, 3) for r in results],
         "window_scores": [round(float(s), 6) for s in scores],
-        "window_detector_scores": {entry.name: [round(r.detector_scores[entry.name], 6) for r in results]
+        "window_detector_scores": {entry.name: [round(r.readings[entry.name], 6) for r in results]
                                    for entry in bundle.detectors},
         "bundle": bundle.id,
     }

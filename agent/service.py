@@ -148,9 +148,9 @@ class Analysis:
     def _decide(self, result: PatchScore) -> None:
         if result.window_score is None:
             return
-        audio_time, window_score, detector_scores = result.time, result.window_score, result.detector_scores
+        audio_time, window_score = result.time, result.window_score
         self.last_window_score = window_score
-        self._maybe_send_score(audio_time, window_score, detector_scores)
+        self._maybe_send_score(result)
         if self.health.faults:
             return  # the sound of a broken sensor says nothing about the machine
         event = self.policy.update(audio_time, window_score)
@@ -161,9 +161,9 @@ class Analysis:
         else:
             reason = f"window score below the clear threshold for {event.consecutive} decisions in a row"
         log.warning("machine anomaly %s at %.1f s of audio: window score %.4g, threshold %.4g (%s)", event.kind,
-                    audio_time, window_score, event.threshold, describe_detector_scores(detector_scores))
+                    audio_time, window_score, event.threshold, describe_detector_scores(result.readings))
         self.publisher.publish_alarm({"kind": "anomaly", "event": event.kind, "window_score": window_score,
-                                      "threshold": event.threshold, "detector_scores": detector_scores,
+                                      "threshold": event.threshold, "detector_scores": result.readings,
                                       "model": self.pipeline.bundle.model_ids, "reason": reason,
                                       "audio_time": round(audio_time, 3)})
 
@@ -187,14 +187,14 @@ class Analysis:
             self.publisher.publish_state(state, detail)
             self._last_status = -float("inf")
 
-    def _maybe_send_score(self, audio_time: float, window_score: float, detector_scores: dict[str, float]) -> None:
+    def _maybe_send_score(self, result: PatchScore) -> None:
         interval = self.config.alarm.score_interval
-        if interval <= 0 or (self._last_score_sent is not None and audio_time - self._last_score_sent < interval):
+        if interval <= 0 or (self._last_score_sent is not None and result.time - self._last_score_sent < interval):
             return
-        self._last_score_sent = audio_time
-        self.publisher.publish_score({"window_score": window_score, "threshold": self.policy.threshold_high,
-                                      "detector_scores": detector_scores, "state": self.state,
-                                      "audio_time": round(audio_time, 3)})
+        self._last_score_sent = result.time
+        self.publisher.publish_score({"window_score": result.window_score, "threshold": self.policy.threshold_high,
+                                      "detector_scores": result.readings, "state": self.state,
+                                      "audio_time": round(result.time, 3)})
 
     def _heartbeat(self, now: float) -> None:
         if now - self._last_watchdog >= self._watchdog_every:

@@ -48,7 +48,8 @@ MAX_FIT_FRAMES = 20_000
 
 @dataclass(frozen=True)
 class Part:
-    """One detector of a candidate: what it looks at and how it is fitted. `name` is also its bundle file stem."""
+    """One detector of a candidate: what it looks at and how it is fitted. `name` also names its reading in the
+    bundle, alarms and logs (agent.bundle.DetectorEntry.name)."""
 
     name: str
     kind: str

@@ -27,7 +27,7 @@ from agent.audio import read_wav
 from agent.errors import ConfigError
 from agent.frontend import clip_patches
 from agent.bundle import DetectorEntry
-from agent.pipeline import fuse_windows, limit, standardise
+from agent.pipeline import fuse, limit, standardise, window_readings
 from agent.scorers import window_mean
 from agent.spec import HOP_LENGTH, N_FFT, PATCH_FRAMES, PATCH_HOP_FRAMES, WINDOW_PATCHES, FrontEndParams
 from calibration.candidates import CANDIDATES, CNN, PARTS, Candidate, Part, fit_part, score_part
@@ -153,7 +153,7 @@ class Selection:
         return CANDIDATES[name] if name else self.chosen
 
     def _fused(self, candidate: Candidate, window_means: np.ndarray) -> np.ndarray:
-        return fuse_windows(window_means, [self.entries[p] for p in candidate.parts], candidate.fusion)
+        return fuse(window_readings(window_means, [self.entries[p] for p in candidate.parts]), candidate.fusion)
 
     def score_ceiling(self, candidate: str | None = None) -> float | None:
         """The largest window score the chosen (or another fitted) candidate can give, or None if unbounded. An RBF

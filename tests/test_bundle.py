@@ -9,7 +9,7 @@ from agent.bundle import Bundle, rollback, write_bundle
 from agent.errors import ModelError
 from agent.frontend import clip_patches
 from agent.frames import FRAME_SOURCES, frame_rows
-from agent.pipeline import PatchScorer, Pipeline, fuse_windows
+from agent.pipeline import PatchScorer, Pipeline, fuse, window_readings
 from agent.scorers import window_mean
 from agent.spec import FrontEndParams, logmel_extractor_sha256
 from calibration.detectors import fit_detector
@@ -49,8 +49,8 @@ def test_streaming_pipeline_equals_offline_window_means(tmp_path, normal_clips, 
     write(tmp_path / "bundle", fit_frame_detector(normal_clips, source))
     bundle = Bundle.load(tmp_path / "bundle")
     clip = np.concatenate(normal_clips[4:6])
-    expected = fuse_windows(window_mean(PatchScorer(bundle).score(clip_patches(clip)), 18), bundle.detectors,
-                            bundle.fusion)
+    expected = fuse(window_readings(window_mean(PatchScorer(bundle).score(clip_patches(clip)), 18),
+                                    bundle.detectors), bundle.fusion)
     pipeline, results = Pipeline(bundle), []
     for start in range(0, len(clip), 3000):
         results += pipeline.push(clip[start: start + 3000])
@@ -59,8 +59,23 @@ def test_streaming_pipeline_equals_offline_window_means(tmp_path, normal_clips, 
     np.testing.assert_allclose(windows[17:], expected, rtol=1e-12)
     assert results[0].time == pytest.approx(16640 / 16000)
     # a manifest without detector names (written before they existed) calls a detector by its file's stem
-    assert [r.detector_scores for r in results[17:]] == [{"frames": w} for w in windows[17:]]
+    assert [r.readings for r in results[17:]] == [{"frames": w} for w in windows[17:]]
     assert np.diff([r.time for r in results]) == pytest.approx(0.512)
+
+
+def test_two_readings_of_one_file_are_named_apart_and_fused_by_max(tmp_path, normal_clips, frame_detector):
+    # a manifest from before names: the two-sided reading gets calibration's "-2s" name, not its file's stem
+    entries = [{"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames"},
+               {"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames", "window_centre": 0.5}]
+    write(tmp_path / "bundle", frame_detector, detectors=entries, fusion="max")
+    bundle = Bundle.load(tmp_path / "bundle")
+    assert [d.name for d in bundle.detectors] == ["frames", "frames-2s"]
+    windows = [r for r in Pipeline(bundle).push(np.concatenate(normal_clips[4:6])) if r.window_score is not None]
+    assert len(windows) > 10
+    for result in windows:
+        one, two = result.readings["frames"], result.readings["frames-2s"]
+        assert two == pytest.approx(abs(one - 0.5), abs=1e-12)
+        assert result.window_score == max(one, two)
 
 
 def test_a_louder_machine_scores_higher(tmp_path, normal_clips, frame_detector):
@@ -157,9 +172,11 @@ def test_plain_directory_bundle_is_adopted(tmp_path, frame_detector):
      r"detectors\[0\] is malformed \(name '' is not a plain"),
     ({"detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames", "name": 3}]},
      "name 3 is not a plain"),
+    ({"detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames", "name": " spectrum"}]},
+     "name ' spectrum' is not a plain"),
     ({"detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames"},
-                    {"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames", "window_centre": 0.0}]},
-     r"detectors\[1\].name 'frames' repeats"),
+                    {"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames", "score_std": 2.0}]},
+     r"detectors\[1\] is named 'frames' like an earlier detector"),
     ({"fusion": "median"}, "fusion"),
     ({"patch_score_cap": 0}, "patch_score_cap"),
     ({"patch_score_cap": "10"}, "patch_score_cap"),

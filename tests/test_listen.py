@@ -100,6 +100,17 @@ def test_a_bad_ca_file_is_named_by_its_option(tmp_path):
     assert done.stderr.count("\n") == 1
 
 
+def test_render_shows_detector_scores_when_an_alarm_has_them():
+    def alarm(**fields) -> str:
+        event = {"id": "a1", "kind": "anomaly", "event": "raised", "window_score": 3.0, "threshold": 2.5, **fields}
+        return render("humwatch/m/alarm", json.dumps(event).encode(), False, False)
+
+    assert alarm().endswith(" m ALARM anomaly raised score 3 threshold 2.5 (id a1)")
+    assert alarm(detector_scores={"spectrum": "loud", "dynamics": 7.25}).endswith(
+        " m ALARM anomaly raised score 3 threshold 2.5 (spectrum ?, dynamics 7.25) (id a1)")
+    assert alarm(detector_scores=[1, 2], time=5).startswith("5 m ALARM anomaly raised score 3 threshold 2.5 (id a1)")
+
+
 def test_render_keeps_non_json_payloads_and_marks_retained():
     assert render("humwatch/m/status", b"offline", True, False).endswith(" m status offline [retained]")
     assert json.loads(render("humwatch/m/status", b"offline", False, True)) == \

@@ -8,13 +8,13 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from agent.audio import read_wav
-from agent.bundle import Bundle, write_bundle
+from agent.bundle import Bundle, DetectorEntry, write_bundle
 from agent.errors import AudioError, ConfigError
 from agent.extractor import Extractor
 from agent.frontend import clip_patches
 from agent.pipeline import PatchScorer, Pipeline, window_reading
 from agent.spec import WINDOW_PATCHES, FrontEndParams
-from calibration.candidates import CANDIDATES
+from calibration.candidates import CANDIDATES, PARTS
 from calibration.selection import Injection, choose_from_files, choose_pipeline, prepare_clip
 from calibration.threshold import heldout_mask
 
@@ -121,12 +121,18 @@ def test_the_chosen_pipeline_is_a_bundle_the_agent_scores_identically(clips, hel
     parts = list(CANDIDATES[candidate].parts)
     assert [d.name for d in bundle.detectors] == parts
     for result in streamed:
-        assert list(result.detector_scores) == parts
-        assert np.mean(list(result.detector_scores.values())) == pytest.approx(result.window_score, abs=1e-12)
+        assert list(result.readings) == parts
+        assert np.mean(list(result.readings.values())) == pytest.approx(result.window_score, abs=1e-12)
     # standardised on the held-out normal patches: mean 0 and unit spread there
     held_scores = np.concatenate([selection.detector_scores(c) for c, h in zip(clips, held) if h])
     if candidate == "logmel-gmm":
         assert abs(held_scores.mean()) < 1e-9 and abs(held_scores.std() - 1) < 1e-9
+
+
+def test_a_bundle_without_names_names_its_readings_as_calibration_does():
+    for part in PARTS.values():
+        entry = DetectorEntry(part.file, part.kind, part.feature_source, window_centre=0.0 if part.two_sided else None)
+        assert entry.name == part.name
 
 
 def steadier(samples: np.ndarray) -> np.ndarray:
