@@ -58,8 +58,17 @@ class Block:
         return f"{self.source} {_mmss(self.start_s)}–{_mmss(self.start_s + self.seconds)}"
 
 
+def named_as_anomaly(path: Path) -> bool:
+    """A recording whose name says it is not normal sound: anomaly_* or abnormal_*, or inside an anomaly/ or
+    abnormal/ folder (the layout of MIMII and DCASE)."""
+    marks = ("anomaly", "abnormal")
+    return path.name.lower().startswith(marks) or any(part.lower() in marks for part in path.parent.parts)
+
+
 def wav_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """The WAV files named, folders expanded to their *.wav files (recursively, sorted by path)."""
+    """The WAV files named, folders expanded to their *.wav files (recursively, sorted by path). A file named as an
+    anomaly is refused: calibration learns normal sound, and one faulty clip among them teaches that the fault is
+    normal."""
     found: list[Path] = []
     for item in map(Path, paths):
         if item.is_dir():
@@ -73,6 +82,10 @@ def wav_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
             raise AudioError(f"{item}: no such file or folder")
     if not found:
         raise AudioError("no calibration audio given: name WAV files or folders, or use --record MINUTES")
+    named = [p for p in found if named_as_anomaly(p)]
+    if named:
+        raise AudioError(f"{named[0]}: named as an anomaly; calibration learns normal sound only (rename it if it "
+                         f"is normal){f', and {len(named) - 1} more' if len(named) > 1 else ''}")
     return found
 
 

@@ -31,6 +31,7 @@ from agent.pipeline import fuse, limit, standardise, window_readings
 from agent.scorers import window_mean
 from agent.spec import HOP_LENGTH, N_FFT, PATCH_FRAMES, PATCH_HOP_FRAMES, WINDOW_PATCHES, FrontEndParams
 from calibration.candidates import CANDIDATES, CNN, PARTS, Candidate, Part, fit_part, score_part
+from calibration.collect import named_as_anomaly
 from calibration.detectors import FittedDetector
 from calibration.faults import FAULT_KINDS, fault_grid, inject
 from calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY, choose_threshold, heldout_mask
@@ -261,7 +262,7 @@ def choose_from_files(paths: Sequence[Path], extractor_sha256: str | None = None
     held out as calibration holds out its blocks. A file named as an anomaly (anomaly_*, abnormal_*, or in an
     abnormal/ or anomaly/ folder) is refused before anything is read. `clip_features(path) -> (dB patches, CNN
     features)` lets a caller reuse cached features; the samples are read only for the held-out clips."""
-    named = [p for p in map(Path, paths) if _named_anomalous(p)]
+    named = [p for p in map(Path, paths) if named_as_anomaly(p)]
     if named:
         raise ConfigError(f"{named[0]}: named as an anomaly; the pipeline is chosen from normal recordings only")
     params = params or FrontEndParams()
@@ -277,11 +278,6 @@ def choose_from_files(paths: Sequence[Path], extractor_sha256: str | None = None
             if h:
                 clip.samples = read_wav(path, channel)
     return choose_pipeline(clips, held, extractor_sha256, extractor, params, **options)
-
-
-def _named_anomalous(path: Path) -> bool:
-    marks = ("anomaly", "abnormal")
-    return path.name.lower().startswith(marks) or any(part.lower() in marks for part in path.parent.parts)
 
 
 def _fit(part: str, clips: list[NormalClip], extractor_sha256: str | None, seed: int) -> FittedDetector:
