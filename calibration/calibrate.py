@@ -20,7 +20,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from agent.bundle import write_bundle
-from agent.errors import AudioError, ConfigError
+from agent.durable import write_atomic
+from agent.errors import AudioError, ConfigError, ModelError
 from agent.extractor import Extractor
 from agent.mel import mel_db
 from agent.spec import PATCH_SECONDS, SAMPLE_RATE, WINDOW_PATCHES, FrontEndParams
@@ -150,17 +151,28 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
         calibration = Calibration(**result)
         with clock("report"):
             reports = _render_report(calibration, blocks, Path(scratch) / "report") if report else []
+        # The copy first: a report folder that cannot be written must not leave a new bundle in use behind an error.
+        if report_dir is not None:
+            _copy_reports(reports, Path(report_dir))
         if out is not None:
             with clock("bundle"):
-                calibration.bundle_dir = write_bundle(out, _manifest(calibration, extractor, params),
-                                                      _filler(selection, reports),
-                                                      extractor=model_path if selection.uses_cnn else None)
+                try:
+                    calibration.bundle_dir = write_bundle(out, _manifest(calibration, extractor, params),
+                                                          _filler(selection, reports),
+                                                          extractor=model_path if selection.uses_cnn else None)
+                except OSError as exc:
+                    raise ModelError(f"{out}: cannot write the bundle ({exc.strerror or exc}); the bundle in use "
+                                     "is unchanged") from None
             log.info("bundle written to %s (now %s)", out, calibration.bundle_dir)
-        if report_dir is not None:
-            Path(report_dir).mkdir(parents=True, exist_ok=True)
-            for path in reports:
-                shutil.copyfile(path, Path(report_dir) / path.name)
     return calibration
+
+
+def _copy_reports(reports: list[Path], folder: Path) -> None:
+    try:
+        for path in reports:
+            write_atomic(folder / path.name, path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{folder}: cannot write the report there ({exc.strerror or exc})") from None
 
 
 def _threshold_on_heldout(window_scores: list[np.ndarray], patch_counts: list[int], held: np.ndarray,

@@ -14,7 +14,7 @@ import pytest
 from agent.audio import read_wav
 from agent.bundle import Bundle
 from agent.cli import main as humwatch
-from agent.errors import AudioError
+from agent.errors import AudioError, ConfigError, ModelError
 from agent.pipeline import Pipeline
 from agent.spec import SAMPLE_RATE
 from calibration.calibrate import calibrate
@@ -169,11 +169,34 @@ def test_an_exception_while_writing_leaves_the_previous_bundle_in_use(tmp_path, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("calibration.calibrate.shutil.copyfile", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(ModelError, match=r"bundle: cannot write the bundle \(No space left on device\); the bundle "
+                                         "in use is unchanged"):
         calibrate(wav_blocks(normal_paths[:24]), squeezenet_int8, link)
     assert Bundle.load(link).id == before.id and link.resolve() == before.path
     versions = tmp_path / "bundle.versions"
     assert not [p for p in versions.iterdir() if p.name.startswith(".")]  # no half-written version left
+
+
+def test_a_report_folder_that_cannot_be_written_leaves_the_bundle_in_use(tmp_path, calibrated, normal_paths,
+                                                                         squeezenet_int8):
+    link = tmp_path / "bundle"
+    link.symlink_to(calibrated[1].resolve())
+    before = Bundle.load(link)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match="a-file/report: cannot write the report there"):
+        calibrate(wav_blocks(normal_paths[:24]), squeezenet_int8, link, report_dir=tmp_path / "a-file" / "report")
+    assert link.resolve() == before.path and not (tmp_path / "bundle.versions").exists()
+
+
+@pytest.mark.parametrize("option", ["--out", "--report-dir"])
+def test_an_unwritable_destination_is_refused_before_any_audio_is_read(tmp_path, squeezenet_int8, capsys, option):
+    (tmp_path / "a-file").write_text("")
+    where = {"--out": tmp_path / "bundle", "--report-dir": tmp_path / "report", option: tmp_path / "a-file" / "x"}
+    code = humwatch(["calibrate", "--model", str(squeezenet_int8), "--out", str(where["--out"]),
+                     "--report-dir", str(where["--report-dir"]), str(tmp_path / "not-recorded-yet.wav")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{option} {tmp_path / 'a-file' / 'x'}: {tmp_path / 'a-file'} is a file, not a folder" in err
 
 
 KILL_MID_WRITE = """
