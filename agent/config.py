@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, ModelError
 from agent.paths import data_dir
 from agent.publish import MqttSettings
 
@@ -66,6 +66,8 @@ class AudioConfig:
             found["channel"] = f"must be below channels ({self.channels}) or 'mean'"
         if self.source == "file" and self.file is None:
             found["file"] = "required when source = 'file'"
+        elif self.source == "file" and not self.file.is_file():
+            found["file"] = f"no such file {self.file}"
         return found
 
 
@@ -170,9 +172,10 @@ def parse_config(data: dict, base_dir: pathlib.Path, source: pathlib.Path | None
 def _build_mqtt(table: dict, base_dir: pathlib.Path, errors: dict[str, str]) -> MqttSettings | None:
     try:
         return MqttSettings.from_table(table, base_dir)
-    except ConfigError as exc:
-        key, _, reason = str(exc).partition(": ")
-        errors[key if reason else "mqtt"] = reason or key
+    except ConfigError as exc:  # one line per field at fault, each "mqtt.<key>: <reason>"
+        for line in str(exc).splitlines():
+            key, _, reason = line.partition(": ")
+            errors[key if reason else "mqtt"] = reason or key
         return None
 
 
@@ -299,9 +302,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.bundle import Bundle
+
     config = load_config(args.file)
     print(f"{args.file}: OK (machine {config.machine.name!r}, audio from {config.audio.source}, "
           f"bundle {config.model.bundle}, broker {config.mqtt.host}:{config.mqtt.resolved_port})")
+    # The bundle is not part of the file (calibration writes it later), but the agent will not start without it.
+    try:
+        Bundle.load(config.model.bundle)
+    except ModelError as exc:
+        print(f"{args.file}: note: model.bundle: {exc}; `humwatch run` needs one "
+              f"(`humwatch calibrate --config {args.file}`)", file=sys.stderr)
     if args.reference:
         sys.stdout.write(reference())
     return 0

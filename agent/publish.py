@@ -59,7 +59,8 @@ _TLS_KEYS = {"ca_file": "ca_file", "certfile": "certfile", "keyfile": "keyfile",
 
 @dataclass(frozen=True)
 class MqttSettings:
-    """Where and how to reach the broker; validated on construction (ConfigError names the field)."""
+    """Where and how to reach the broker; validated on construction (a ConfigError names every field at fault, one
+    line each)."""
 
     host: str = "localhost"
     port: int | None = None  # None: 8883 with TLS, 1883 without
@@ -83,26 +84,34 @@ class MqttSettings:
     def __post_init__(self) -> None:
         if self.ca_file or self.certfile:
             object.__setattr__(self, "tls", True)
-        self._check(bool(self.host.strip()), "host", "must not be empty")
-        self._check(self.port is None or 1 <= self.port <= 65535, "port", f"must be 1..65535, not {self.port}")
-        self._check(_valid_prefix(self.prefix), "prefix",
-                    f"must be a topic without wildcards or leading/trailing '/', not {self.prefix!r}")
-        self._check(_valid_prefix(self.discovery_prefix), "discovery_prefix",
-                    f"must be a topic without wildcards, not {self.discovery_prefix!r}")
-        self._check(self.password is None or self.username is not None, "username", "is needed with a password")
-        self._check(self.keyfile is None or self.certfile is not None, "certfile", "is needed with a keyfile")
-        self._check(self.keepalive >= 5, "keepalive", f"must be at least 5 s, not {self.keepalive}")
-        self._check(self.alarm_qos in (1, 2), "alarm_qos", f"must be 1 or 2, not {self.alarm_qos}")
-        self._check(0 < self.reconnect_min_s <= self.reconnect_max_s, "reconnect_min_s",
-                    f"must be > 0 and <= reconnect_max_s ({self.reconnect_max_s}), not {self.reconnect_min_s}")
-        for name in ("ca_file", "certfile", "keyfile"):
-            path = getattr(self, name)
-            self._check(path is None or os.path.isfile(path), name, f"no such file {path}")
+        problems = self._problems()
+        if problems:
+            raise ConfigError("\n".join(f"{self._label(name)}: {reason}" for name, reason in problems.items()))
         self.ssl_context()  # reads the certificate files once, so a bad one is reported now
 
-    def _check(self, ok: bool, name: str, problem: str) -> None:
-        if not ok:
-            raise ConfigError(f"{self._label(name)}: {problem}")
+    def _problems(self) -> dict[str, str]:
+        """Every field at fault, by field name, with what is wrong."""
+        checks = {
+            "host": (bool(self.host.strip()), "must not be empty"),
+            "port": (self.port is None or 1 <= self.port <= 65535, f"must be 1..65535, not {self.port}"),
+            "prefix": (_valid_prefix(self.prefix),
+                       f"must be a topic without wildcards or leading/trailing '/', not {self.prefix!r}"),
+            "discovery_prefix": (_valid_prefix(self.discovery_prefix),
+                                 f"must be a topic without wildcards, not {self.discovery_prefix!r}"),
+            "username": (self.password is None or self.username is not None, "is needed with a password"),
+            "certfile": (self.keyfile is None or self.certfile is not None, "is needed with a keyfile"),
+            "keepalive": (self.keepalive >= 5, f"must be at least 5 s, not {self.keepalive}"),
+            "alarm_qos": (self.alarm_qos in (1, 2), f"must be 1 or 2, not {self.alarm_qos}"),
+            "reconnect_min_s": (0 < self.reconnect_min_s <= self.reconnect_max_s,
+                                f"must be > 0 and <= reconnect_max_s ({self.reconnect_max_s}), "
+                                f"not {self.reconnect_min_s}"),
+        }
+        problems = {name: reason for name, (ok, reason) in checks.items() if not ok}
+        for name in ("ca_file", "certfile", "keyfile"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                problems.setdefault(name, f"no such file {path}")
+        return problems
 
     def _label(self, name: str) -> str:
         return self.names.get(name, name)
@@ -135,30 +144,46 @@ class MqttSettings:
 
         Relative certificate paths are taken relative to `base_dir` (the config file's folder)."""
         flat: dict[str, Any] = {}
+        problems: dict[str, str] = {}  # TOML name -> what is wrong: every one is reported, not the first
         for key, value in table.items():
             if key == "tls":
                 if not isinstance(value, Mapping):
-                    raise ConfigError("mqtt.tls: must be a table ([mqtt.tls])")
+                    problems["mqtt.tls"] = "must be a table ([mqtt.tls])"
+                    continue
                 flat["tls"] = True
                 for tls_key, tls_value in value.items():
-                    if tls_key not in _TLS_KEYS:
-                        raise ConfigError(f"mqtt.tls.{tls_key}: unknown field (known: {', '.join(_TLS_KEYS)})")
-                    flat[_TLS_KEYS[tls_key]] = tls_value
+                    if tls_key in _TLS_KEYS:
+                        flat[_TLS_KEYS[tls_key]] = tls_value
+                    else:
+                        problems[f"mqtt.tls.{tls_key}"] = f"unknown key (known: {', '.join(_TLS_KEYS)})"
             elif key in TOML_NAMES and key not in _TLS_KEYS.values():
                 flat[key] = value
             else:
                 known = sorted(k for k in TOML_NAMES if k not in _TLS_KEYS.values())
-                raise ConfigError(f"mqtt.{key}: unknown field (known: {', '.join(known)})")
+                problems[f"mqtt.{key}"] = f"unknown key (known: {', '.join(known)})"
         hints = {f.name: f.type for f in fields(cls)}
-        for name, value in flat.items():
-            _check_type(TOML_NAMES[name], hints[name], value)
-            if name in ("ca_file", "certfile", "keyfile") and base_dir is not None:
+        for name, value in list(flat.items()):
+            wrong = _type_problem(hints[name], value)
+            if wrong:
+                problems[TOML_NAMES[name]] = wrong
+                del flat[name]
+            elif name in ("ca_file", "certfile", "keyfile") and base_dir is not None:
                 flat[name] = str(pathlib.Path(base_dir, value))
-        return cls(**flat)
+        try:
+            settings = cls(**flat)
+        except ConfigError as exc:  # the values' own checks, when their types were right
+            if not problems:
+                raise
+            for line in str(exc).splitlines():
+                name, _, reason = line.partition(": ")
+                problems.setdefault(name, reason)
+        if problems:
+            raise ConfigError("\n".join(f"{name}: {reason}" for name, reason in problems.items()))
+        return settings
 
 
-def _check_type(name: str, hint: str, value: Any) -> None:
-    """Reject a TOML value of the wrong type with the field's name (bool is not taken for a number)."""
+def _type_problem(hint: str, value: Any) -> str | None:
+    """What is wrong with a TOML value of the wrong type, or None (bool is not taken for a number)."""
     if "bool" in hint:
         ok, wanted = isinstance(value, bool), "true or false"
     elif "int" in hint:
@@ -167,8 +192,7 @@ def _check_type(name: str, hint: str, value: Any) -> None:
         ok, wanted = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
     else:
         ok, wanted = isinstance(value, str), "a string"
-    if not ok:
-        raise ConfigError(f"{name}: must be {wanted}, not {value!r}")
+    return None if ok else f"must be {wanted}, not {value!r}"
 
 
 def _valid_prefix(prefix: str) -> bool:

@@ -36,10 +36,11 @@ def test_minimal_config_gets_documented_defaults_and_paths_relative_to_the_file(
 
 
 def test_full_config_is_read_into_typed_fields(tmp_path):
+    (tmp_path / "replay.wav").write_bytes(b"")  # the replay file must exist; reading it is the capture's job
     config = load_config(write(tmp_path, MINIMAL + """
 [audio]
 source = "file"
-file = "/data/replay.wav"
+file = "replay.wav"
 realtime = false
 channels = 8
 channel = "mean"
@@ -57,7 +58,7 @@ prefix = "plant/line3"
 [state]
 dir = "state"
 """))
-    assert config.audio.file == pathlib.Path("/data/replay.wav") and config.audio.realtime is False
+    assert config.audio.file == tmp_path / "replay.wav" and config.audio.realtime is False
     assert config.audio.channel == "mean" and config.audio.device == "USB"
     assert config.alarm == AlarmConfig(raise_after=5, clear_after=20, score_interval=2.0)
     assert config.sensor.silence_dbfs == -55.0 and isinstance(config.sensor.silence_dbfs, float)
@@ -95,6 +96,8 @@ def test_cross_field_rules(tmp_path):
     lines = errors_of(tmp_path, MINIMAL + '[audio]\nsource = "file"\nchannels = 2\nchannel = 2\n')
     assert any(line.endswith("audio.file: required when source = 'file'") for line in lines)
     assert any("audio.channel: must be below channels (2)" in line for line in lines)
+    missing = errors_of(tmp_path, MINIMAL + '[audio]\nsource = "file"\nfile = "replay.wav"\n')
+    assert missing == [f"{tmp_path / 'humwatch.toml'}: audio.file: no such file {tmp_path / 'replay.wav'}"]
 
 
 def test_missing_sections_and_wrong_source_choice(tmp_path):
@@ -107,6 +110,8 @@ def test_missing_sections_and_wrong_source_choice(tmp_path):
 def test_mqtt_section_is_checked_by_the_mqtt_settings(tmp_path):
     lines = errors_of(tmp_path, MINIMAL + '[mqtt]\nport = 70000\n')
     assert len(lines) == 1 and "mqtt.port" in lines[0]
+    lines = errors_of(tmp_path, MINIMAL + '[audio]\nrate = 1\n[mqtt]\nport = 0\nkeepalive = -5\nhsot = "x"\n')
+    assert [line.split(": ")[1] for line in lines] == ["audio.rate", "mqtt.hsot", "mqtt.port", "mqtt.keepalive"]
     lines = errors_of(tmp_path, MINIMAL + '[mqtt.tls]\nca_file = "missing-ca.pem"\n')
     assert len(lines) == 1 and "mqtt.tls.ca_file" in lines[0] and "missing-ca.pem" in lines[0]
 
@@ -128,6 +133,10 @@ def test_check_config_command(tmp_path):
     good = write(tmp_path, MINIMAL)
     done = subprocess.run([sys.executable, "-m", "agent.cli", "check-config", str(good)], capture_output=True, text=True)
     assert done.returncode == 0 and "OK" in done.stdout and "pump-1" in done.stdout
+    # no bundle yet: the file is fine, and the note says what the agent will need
+    assert done.stderr == (f"{good}: note: model.bundle: {tmp_path / 'bundles' / 'pump-1'}: no bundle here (run "
+                           f"`humwatch calibrate` first); `humwatch run` needs one (`humwatch calibrate --config "
+                           f"{good}`)\n")
     bad = tmp_path / "bad.toml"
     bad.write_text('[machine]\nname = "m"\n[model]\nbundle = "b"\nthreads = "two"\n[alarm]\nclear_after = 0\n')
     done = subprocess.run([sys.executable, "-m", "agent.cli", "check-config", str(bad)], capture_output=True, text=True)

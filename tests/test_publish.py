@@ -311,8 +311,8 @@ def test_settings_are_checked_field_by_field():
                            ({"prefix": "plant/#"}, "mqtt.prefix: must be a topic without wildcards"),
                            ({"password": "x"}, "mqtt.username: is needed with a password"),
                            ({"alarm_qos": 0}, "mqtt.alarm_qos: must be 1 or 2"),
-                           ({"hostname": "x"}, "mqtt.hostname: unknown field"),
-                           ({"tls": {"verify": False}}, "mqtt.tls.verify: unknown field")]:
+                           ({"hostname": "x"}, "mqtt.hostname: unknown key"),
+                           ({"tls": {"verify": False}}, "mqtt.tls.verify: unknown key")]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             MqttSettings.from_table(table)
     settings = MqttSettings.from_table({"host": "broker", "tls": {"insecure": True}})
@@ -320,6 +320,18 @@ def test_settings_are_checked_field_by_field():
     assert MqttSettings().resolved_port == 1883
     with pytest.raises(ConfigError, match="machine: must be a name"):
         MqttPublisher(MqttSettings(), None, "pump/1")
+
+
+def test_every_problem_of_the_table_is_reported_at_once():
+    table = {"port": 0, "keepalive": -5, "alarm_qos": 7, "hsot": "x", "discovery": "yes", "password": "p",
+             "tls": {"verify": False}}
+    with pytest.raises(ConfigError) as error:
+        MqttSettings.from_table(table)
+    lines = str(error.value).splitlines()
+    assert sorted(line.split(":")[0] for line in lines) == ["mqtt.alarm_qos", "mqtt.discovery", "mqtt.hsot",
+                                                            "mqtt.keepalive", "mqtt.port", "mqtt.tls.verify",
+                                                            "mqtt.username"]
+    assert "mqtt.port: must be 1..65535, not 0" in lines and "mqtt.discovery: must be true or false, not 'yes'" in lines
 
 
 def test_secrets_never_reach_the_logs(tmp_path, publishers, caplog):
