@@ -3,7 +3,8 @@
 Each file goes through the agent's own streaming `Pipeline` (front end → extractor → detectors → 10 s window
 mean), so a technician checking a suspicious recording sees the scores the agent would have computed. A file's
 verdict is `anomaly` when any window score is above the bundle's alarm threshold. Exit status: 0 when every file
-sounds normal, 1 when at least one is anomalous, 2 on an error (a file that cannot be read, a bad bundle).
+sounds normal, 1 when at least one is anomalous, 2 when a file could not be judged (unreadable, or shorter than one
+window: a script must not take it for normal) or the bundle is bad.
 """
 from __future__ import annotations
 
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             failed = True
             continue
         anomalous |= result["verdict"] == "anomaly"
+        failed |= result["verdict"] == "too_short"
         print(json.dumps(result) if args.json else describe(result), flush=True)
     return 2 if failed else int(anomalous)
 

@@ -402,7 +402,7 @@ def test_score_command_judges_files_with_the_agents_pipeline(agent_bundle, dcase
     short = tmp_path / "short.wav"
     wavfile.write(short, 16000, np.zeros(16000 * 3, np.int16))
     done = run_score("--bundle", str(agent_bundle.path), "--json", str(normal), str(anomaly), str(short))
-    assert done.returncode == 1, done.stderr  # at least one file sounds anomalous
+    assert done.returncode == 2, done.stderr  # a file too short to judge: a script must not read it as normal
     results = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["verdict"] for r in results] == ["normal", "anomaly", "too_short"]
     pipeline = Pipeline(agent_bundle)
@@ -419,5 +419,7 @@ def test_score_command_judges_files_with_the_agents_pipeline(agent_bundle, dcase
     assert done.returncode == 0
     assert done.stdout.startswith(f"{normal}: NORMAL  max window score") and "0 of 1 windows above" in done.stdout
     assert re.search(r"\(threshold [0-9.]+; cnn-gmm80 -?[0-9.e+-]+\)", done.stdout), done.stdout
+    done = run_score("--bundle", str(agent_bundle.path), str(normal), str(anomaly))
+    assert done.returncode == 1  # at least one file sounds anomalous
     done = run_score("--bundle", str(agent_bundle.path), str(tmp_path / "absent.wav"))
     assert done.returncode == 2 and "absent.wav: no such file" in done.stderr
