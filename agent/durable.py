@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from agent.errors import ConfigError
+
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object] | bytes,
                  mode: int | None = None) -> Path:
@@ -36,6 +38,17 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object] | 
         raise
     fsync_directory(path.parent)
     return path
+
+
+def refuse_unwritable(what: str, folder: str | os.PathLike) -> None:
+    """Refuse, in one line naming `what`, a folder that cannot be created or written in: checked before minutes of
+    work (recording, fitting, converting), not after them."""
+    folder = Path(folder).absolute()
+    nearest = next(p for p in (folder, *folder.parents) if p.exists())
+    if not nearest.is_dir():
+        raise ConfigError(f"{what}: {nearest} is a file, not a folder")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: cannot write in {nearest} (its permissions, or a read-only file system)")
 
 
 def _default_mode() -> int:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import pathlib
 
+from agent.durable import refuse_unwritable
 from agent.errors import ConfigError
 from agent.paths import default_model
 from calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY
@@ -59,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     out = _bundle_path(args.out, config, machine)
     if args.rollback:
         return _rollback(args, out)
-    _refuse_unwritable(f"--out {out}" if args.out else f"bundle path {out}", out.absolute().parent)
+    refuse_unwritable(f"--out {out}" if args.out else f"bundle path {out}", out.absolute().parent)
     if args.report_dir is not None:
-        _refuse_unwritable(f"--report-dir {args.report_dir}", args.report_dir.absolute())
+        refuse_unwritable(f"--report-dir {args.report_dir}", args.report_dir)
     from calibration.calibrate import DEFAULT_PRESET, calibrate  # scikit-learn and TFLite only when calibrating
     from calibration.collect import record, split_blocks, wav_blocks
 
@@ -118,15 +118,6 @@ def _bundle_path(out: pathlib.Path | None, config, machine: str) -> pathlib.Path
             raise ConfigError(f"--machine {machine!r}: a machine name has no '/' and does not start with '.'")
         return STATE_DIR / machine / "bundle"
     raise ConfigError("where should the bundle go? give --out BUNDLE_DIR, --config FILE or --machine NAME")
-
-
-def _refuse_unwritable(what: str, folder: pathlib.Path) -> None:
-    """Refuse a folder calibration could not write in before minutes of recording and fitting, not after."""
-    nearest = next(p for p in (folder, *folder.parents) if p.exists())
-    if not nearest.is_dir():
-        raise ConfigError(f"{what}: {nearest} is a file, not a folder")
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what}: cannot write in {nearest} (its permissions, or a read-only file system)")
 
 
 def _device(text: str) -> int | str:

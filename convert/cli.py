@@ -1,7 +1,8 @@
 """`humwatch convert`: an ImageNet CNN in torchvision layout -> TFLite feature extractors for the board.
 
-Writes `<name>-float32.tflite` and `<name>-int8.tflite`, each with its `.json` sidecar, then checks them: the float
-model against Keras, the int8 model's features against float on held-out Mel patches.
+Builds `<name>-float32.tflite` and `<name>-int8.tflite`, each with its `.json` sidecar, and checks them: the float
+model against Keras, the int8 model's features against float on held-out Mel patches. Only models that pass reach
+the output folder, so a failed conversion leaves the models already there as they were.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from agent import spec
+from agent.durable import refuse_unwritable
 from agent.errors import ConfigError
 from convert.backbones import ARCHITECTURES
 
@@ -52,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"representative patches to draw (default {DEFAULT_PATCHES}; 1 in "
                              f"{HELD_OUT_EVERY} is held out to check the int8 model)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: humwatch's models folder)")
-    parser.add_argument("--name", help="file name stem (default: the architecture)")
+    parser.add_argument("--name", help="file name stem (default: the architecture; <arch>-random<SEED> for "
+                                       "--random-weights)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,9 +82,9 @@ def resolve_weights(arch: str, weights: Path | None, weights_dir: Path | None, d
         log.info("weights: seeded random (seed %d), tensors sha256 %s", random_seed, digest)
         return state, {"file": None, "random_seed": random_seed, "sha256": digest}, None
     path = weights or (w.download(arch) if download else w.locate_weights(arch, weights_dir))
+    state = w.load_state_dict(path)  # first: it names a missing or damaged file in one line
     digest = w.file_sha256(path)
     log.info("weights: %s (sha256 %s)", path, digest)
-    state = w.load_state_dict(path)
     w.check_state_dict(arch, state, source=str(path))
     return state, {"file": path.name, "random_seed": None, "sha256": digest}, path
 
@@ -98,6 +101,11 @@ def convert(arch: str, *, out_dir: Path, precisions: tuple[str, ...] = PRECISION
 
     if patches < MIN_PATCHES:
         raise ConfigError(f"--patches {patches}: need at least {MIN_PATCHES} to quantise and check the int8 model")
+    # Random weights never take the real model's name: a timing run must not replace the model a board uses.
+    stem = name or (arch if random_seed is None else f"{arch}-random{random_seed}")
+    if Path(stem).name != stem or stem.startswith("."):
+        raise ConfigError(f"--name {stem!r}: a file name stem, without '/' and not starting with '.'")
+    refuse_unwritable(f"--out {out_dir}", out_dir)
     started = time.monotonic()
     state, weights_info, weights_path = resolve_weights(arch, weights, weights_dir, download, random_seed)
     if not audio:  # the recordings shared beside the weights, else those of this checkout's shared folder
@@ -110,26 +118,27 @@ def convert(arch: str, *, out_dir: Path, precisions: tuple[str, ...] = PRECISION
 
     log.info("building %s in Keras", arch)
     model = build_backbone(arch, state)
-    stem = name or arch
-    paths: dict[str, Path] = {}
+    built: dict[str, tuple[bytes, dict]] = {}  # precision -> (model, sidecar), each checked
     with tempfile.TemporaryDirectory() as scratch:
         log.info("exporting float32")
         content = tflite.export_float(model)
-        float_path = (out_dir if "float32" in precisions else Path(scratch)) / f"{stem}-float32.tflite"
-        tflite.write_extractor(float_path, content, tflite.sidecar(
-            content, architecture=arch, precision="float32", weights=weights_info, feature_dim=feature_dim(arch)))
+        built["float32"] = content, tflite.sidecar(content, architecture=arch, precision="float32",
+                                                   weights=weights_info, feature_dim=feature_dim(arch))
+        float_path = tflite.write_extractor(Path(scratch) / f"{stem}-float32.tflite", *built["float32"])
         verify.float_matches_keras(model, float_path, held_out)
-        if "float32" in precisions:
-            paths["float32"] = float_path
         if "int8" in precisions:
-            log.info("quantising to int8 on %d patches", len(calibration))
+            log.info("quantising to int8 on %d patches (and %d range pins)", len(calibration),
+                     len(representative.RANGE_PINS))
             content = tflite.export_int8(model, np.concatenate([representative.RANGE_PINS, calibration]))
-            int8_path = out_dir / f"{stem}-int8.tflite"
-            tflite.write_extractor(int8_path, content, tflite.sidecar(
+            built["int8"] = content, tflite.sidecar(
                 content, architecture=arch, precision="int8", weights=weights_info, feature_dim=feature_dim(arch),
                 calibration={"representative": source, "patches": len(calibration),
-                             "image_scaling": asdict(spec.FrontEndParams())}))
+                             "image_scaling": asdict(spec.FrontEndParams())})
+            int8_path = tflite.write_extractor(Path(scratch) / f"{stem}-int8.tflite", *built["int8"])
             verify.int8_matches_float(int8_path, float_path, held_out)
-            paths["int8"] = int8_path
+    paths = {precision: tflite.write_extractor(out_dir / f"{stem}-{precision}.tflite", *built[precision])
+             for precision in precisions}
+    for precision, path in paths.items():
+        log.info("wrote %s (%.2f MB)", path, len(built[precision][0]) / 1e6)
     log.info("converted %s in %.0f s", arch, time.monotonic() - started)
     return paths

@@ -116,5 +116,4 @@ def write_extractor(path: Path, content: bytes, info: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, content, mode=0o644)  # 0644: the agent may run as another user
     write_atomic(sidecar_path(path), (json.dumps(info, indent=2) + "\n").encode(), mode=0o644)
-    log.info("wrote %s (%.2f MB)", path, len(content) / 1e6)
     return path

@@ -30,8 +30,8 @@ def float_matches_keras(model, float_path: Path, images: np.ndarray) -> float:
     error = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
     log.info("float32 TFLite vs Keras on %d patches: max relative error %.2e", len(images), error)
     if error > MAX_FLOAT_RELATIVE_ERROR:
-        raise ModelError(f"{float_path}: features differ from the Keras model by {error:.2e} "
-                         f"(relative, limit {MAX_FLOAT_RELATIVE_ERROR:g})")
+        raise ModelError(f"{float_path.name}: features differ from the Keras model by {error:.2e} "
+                         f"(relative, limit {MAX_FLOAT_RELATIVE_ERROR:g}); nothing was written")
     return error
 
 
@@ -42,6 +42,7 @@ def int8_matches_float(int8_path: Path, float_path: Path, images: np.ndarray) ->
     log.info("int8 vs float32 features on %d held-out patches: median cosine %.4f (min %.4f)",
              len(images), median, float(cosines.min()))
     if median < MIN_INT8_COSINE:
-        raise ModelError(f"{int8_path}: int8 features follow float only to median cosine {median:.4f} "
-                         f"(< {MIN_INT8_COSINE}); quantise on more or more typical audio (--audio)")
+        raise ModelError(f"{int8_path.name}: int8 features follow float only to median cosine {median:.4f} "
+                         f"(< {MIN_INT8_COSINE}); quantise on more or more typical audio (--audio); nothing was "
+                         "written")
     return median

@@ -13,6 +13,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,7 @@ def load_state_dict(path: Path) -> dict[str, np.ndarray]:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise ModelError(f"{path}: not a readable .npz state dict ({exc})") from None
     if path.suffix in (".pth", ".pt"):
         return _load_torch(path)

@@ -326,6 +326,51 @@ def test_missing_weights_error_says_where_to_get_them(tmp_path, monkeypatch, cap
     assert list(tmp_path.glob("*.tflite")) == []
 
 
+def test_a_model_that_fails_its_check_leaves_the_models_already_there(tmp_path, monkeypatch, calibration_audio):
+    from convert.cli import convert
+
+    old = tmp_path / "squeezenet1_1-int8.tflite"
+    old.write_bytes(b"the model in use")
+    monkeypatch.setattr("convert.verify.MIN_INT8_COSINE", 1.01)  # no int8 model can pass
+    with pytest.raises(ModelError, match=r"^squeezenet1_1-int8.tflite: int8 features follow float only .*nothing "
+                                         r"was written$"):
+        convert("squeezenet1_1", out_dir=tmp_path, random_seed=0, patches=10, audio=[calibration_audio],
+                name="squeezenet1_1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old.name] and old.read_bytes() == b"the model in use"
+
+
+def test_random_weights_never_take_the_real_models_name(tmp_path, calibration_audio):
+    from convert.cli import convert
+
+    paths = convert("squeezenet1_1", out_dir=tmp_path, random_seed=3, patches=10, audio=[calibration_audio])
+    assert {p: path.name for p, path in paths.items()} == {"float32": "squeezenet1_1-random3-float32.tflite",
+                                                            "int8": "squeezenet1_1-random3-int8.tflite"}
+    assert all(path.exists() and path.with_name(path.name + ".json").exists() for path in paths.values())
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--name", "../escape"], "--name '../escape': a file name stem, without '/'"),
+    (["--out", "{file}"], "--out {file}: {file} is a file, not a folder"),
+    (["--out", "{file}/models"], "--out {file}/models: {file} is a file, not a folder"),
+    (["--weights", "{tmp}/absent.npz"], "{tmp}/absent.npz: weights file not found"),
+    (["--weights", "{file}"], "{file}: unknown weights format ''"),
+    (["--weights", "{tmp}/damaged.npz"], "{tmp}/damaged.npz: not a readable .npz state dict"),
+])
+def test_bad_options_are_one_line_before_any_work(tmp_path, capsys, options, message):
+    from agent.cli import main
+
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "damaged.npz").write_bytes(b"PK\x03\x04 cut short")
+    names = {"file": tmp_path / "a-file", "tmp": tmp_path}
+    options = [o.format(**names) for o in options]
+    if "--out" not in options:
+        options += ["--out", str(tmp_path / "models")]
+    assert main(["convert", *options] if "--weights" in options else ["convert", "--random-weights", "0", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"humwatch convert: error: {message.format(**names)}") and err.count("\n") == 1, err
+    assert not (tmp_path / "models").exists() and not list(tmp_path.glob("*.tflite"))
+
+
 def test_fetch_keeps_only_a_file_with_the_expected_sha256(tmp_path):
     source = tmp_path / "resnet18-f37072fd.pth"
     source.write_bytes(b"not the checkpoint")
