@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from agent.errors import HumwatchError
@@ -41,15 +42,44 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+# journald takes a "<N>" syslog priority at the start of a line on a service's stderr (SyslogLevelPrefix=, on by
+# default): with it, `journalctl -p warning` shows the agent's warnings and errors; without, every line is "info".
+SYSLOG_PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+
+def stderr_is_journal() -> bool:
+    """Whether stderr is connected to the journal: systemd sets JOURNAL_STREAM to that stream's device:inode."""
+    try:
+        device, inode = map(int, os.environ["JOURNAL_STREAM"].split(":"))
+        stat = os.fstat(sys.stderr.fileno())
+    except (KeyError, ValueError, OSError):
+        return False
+    return (stat.st_dev, stat.st_ino) == (device, inode)
+
+
+def with_priority(text: str, level: int) -> str:
+    """Every line of `text` marked with the syslog priority of `level`, as journald reads it."""
+    prefix = f"<{SYSLOG_PRIORITIES.get(level, 6)}>"
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+class JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return with_priority(super().format(record), record.levelno)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    journal = stderr_is_journal()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter((JournalFormatter if journal else logging.Formatter)("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
         return int(args.handler(args) or 0)
     except HumwatchError as exc:
-        print(f"humwatch {args.command}: error: {exc}", file=sys.stderr)
+        line = f"humwatch {args.command}: error: {exc}"
+        print(with_priority(line, logging.ERROR) if journal else line, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -160,8 +160,9 @@ class Analysis:
             reason = f"window score above the threshold for {event.consecutive} decisions in a row"
         else:
             reason = f"window score below the clear threshold for {event.consecutive} decisions in a row"
-        log.warning("machine anomaly %s at %.1f s of audio: window score %.4g, threshold %.4g (%s)", event.kind,
-                    audio_time, window_score, event.threshold, describe_detector_scores(result.readings))
+        level = logging.WARNING if event.kind == "raised" else logging.INFO  # as a sensor fault and its recovery
+        log.log(level, "machine anomaly %s at %.1f s of audio: window score %.4g, threshold %.4g (%s)", event.kind,
+                audio_time, window_score, event.threshold, describe_detector_scores(result.readings))
         self.publisher.publish_alarm({"kind": "anomaly", "event": event.kind, "window_score": window_score,
                                       "threshold": event.threshold, "detector_scores": result.readings,
                                       "model": self.pipeline.bundle.model_ids, "reason": reason,

@@ -114,10 +114,15 @@ class AgentProcess:
         self.log_path = directory / "agent.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self, notify: NotifySocket | None = None) -> "AgentProcess":
+    def start(self, notify: NotifySocket | None = None, journal: bool = False) -> "AgentProcess":
+        """journal: tell the agent its stderr is the journal, as systemd does (JOURNAL_STREAM=device:inode)."""
         env = dict(self.env)
         if notify is not None:
             env["NOTIFY_SOCKET"] = notify.name
+        self.log_path.touch()
+        if journal:
+            stat = self.log_path.stat()
+            env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
         with open(self.log_path, "a") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)],
                                             env=env, cwd=REPO, stdout=log, stderr=log)
@@ -176,7 +181,7 @@ def test_fault_alarm_end_to_end_with_systemd_notify_and_clean_stop(
     subscriber = subscribe(["humwatch/pump1/#"])
     notify = NotifySocket()
     try:
-        agent = agents(device.env, agent_bundle.path, mosquitto).start(notify)
+        agent = agents(device.env, agent_bundle.path, mosquitto).start(notify, journal=True)
         subscriber.wait_for(lambda msgs: len([m for m in msgs if m.topic.endswith("/alarm")
                                               and m.json()["event"] == "cleared"]) >= 1, timeout=120)
         # After the audio, the device delivers digital silence: a dead microphone, not a machine fault.
@@ -216,6 +221,15 @@ def test_fault_alarm_end_to_end_with_systemd_notify_and_clean_stop(
     assert status[0] == "online" and status[-1] == "offline"
 
     assert "READY=1" in notify.lines and "WATCHDOG=1" in notify.lines and notify.lines[-1] == "STOPPING=1"
+    # journald's priorities: `journalctl -p warning` shows the raise and the sensor fault, not the routine lines
+    log = agent.log().splitlines()
+    unmarked = [line for line in log if re.match(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) ", line)]
+    assert not unmarked and any(line.startswith("<6>INFO ") for line in log), unmarked  # (TFLite writes its own)
+    warnings = [line for line in log if re.match(r"<[0-4]>", line)]
+    assert any(line.startswith("<4>WARNING agent.service: machine anomaly raised") for line in warnings), log
+    assert any("sensor silence fault" in line for line in warnings), warnings
+    assert all(re.match(r"<4>WARNING |<3>ERROR ", line) for line in warnings), warnings
+    assert any(line.startswith("<6>INFO agent.service: machine anomaly cleared") for line in log)
     assert notify.lines.index("READY=1") < notify.lines.index("WATCHDOG=1")
     assert any(re.match(r"STATUS=\w+; window score [-0-9.e]+ \(threshold [-0-9.e]+\); pending alarms \d+; "
                         r"overflows \d+; mqtt connected", line) for line in notify.lines), notify.lines
@@ -338,9 +352,9 @@ def test_start_failures_are_one_line_and_exit_2(alsa_device, mosquitto, agents, 
     bad_ca.write_text("not a certificate\n")
     agent = agents(env, good, mosquitto)
     agent.config.write_text(agent.config.read_text() + f'[mqtt.tls]\nca_file = "{bad_ca}"\n')
-    agent.start()
+    agent.start(journal=True)
     assert agent.process.wait(60) == 2
-    errors = [line for line in agent.log().splitlines() if line.startswith("humwatch run: error:")]
+    errors = [line for line in agent.log().splitlines() if line.startswith("<3>humwatch run: error:")]
     assert len(errors) == 1 and "mqtt.tls.ca_file" in errors[0] and str(bad_ca) in errors[0]
 
     line = start_failure(agents, env, good, mosquitto, audio={"device": "no-such-mic"})
