@@ -214,12 +214,17 @@ def write_bundle(link: str | os.PathLike, manifest: dict, fill: Callable[[pathli
 
 
 def rollback(link: str | os.PathLike) -> pathlib.Path:
-    """Point `link` back at the version the current one replaced."""
+    """Point `link` back at the version the current one replaced; if the current one is too damaged to say which,
+    at the newest other version kept (a damaged bundle is when a rollback is needed most)."""
     link = pathlib.Path(link)
     current = current_version(link)
     if current is None:
         raise ModelError(f"{link}: there is no bundle to roll back")
-    previous = json.loads((current / MANIFEST).read_text()).get("previous")
+    try:
+        previous = json.loads((current / MANIFEST).read_text()).get("previous")
+    except (OSError, ValueError, AttributeError):
+        kept = _finished_versions(_versions_dir(link))
+        previous = next((p.name for p in kept if p != current), None)
     target = _versions_dir(link) / str(previous)
     if not previous or not (target / MANIFEST).exists():
         raise ModelError(f"{link}: no previous bundle is kept to roll back to")
@@ -251,10 +256,14 @@ def _point(link: pathlib.Path, target: pathlib.Path) -> None:
     fsync_directory(link.parent)
 
 
+def _finished_versions(versions: pathlib.Path) -> list[pathlib.Path]:
+    """The complete version directories, newest first (a hidden one is a write in progress or killed)."""
+    return sorted((p for p in versions.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 def _prune(versions: pathlib.Path, keep: set[str]) -> None:
-    finished = sorted((p for p in versions.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                      key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in finished[KEEP_VERSIONS:]:
+    for old in _finished_versions(versions)[KEEP_VERSIONS:]:
         if old.name not in keep:
             shutil.rmtree(old, ignore_errors=True)
 

@@ -1,5 +1,6 @@
 """Bundles: atomic versioned writes, rollback, refusal of damaged manifests, and the streaming pipeline."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -110,6 +111,16 @@ def test_new_version_replaces_link_and_rollback_restores(tmp_path, frame_detecto
     assert rollback(link) == first and Bundle.load(link).threshold_high == 100.0
     with pytest.raises(ModelError, match="no previous bundle"):
         rollback(link)
+
+
+def test_rollback_from_a_damaged_bundle_goes_to_the_newest_other_version(tmp_path, frame_detector):
+    link = tmp_path / "bundle"
+    first = write(link, frame_detector)
+    second = write(link, frame_detector, threshold={"high": 5.0, "low": 4.0})
+    os.utime(first, (1, 1))  # the oldest
+    third = write(link, frame_detector, threshold={"high": 7.0, "low": 6.0})
+    (third / "bundle.json").write_text('{"previous": "')  # cut short: it cannot say what it replaced
+    assert rollback(link) == second and Bundle.load(link).threshold_high == 5.0
 
 
 def test_interrupted_write_leaves_the_bundle_in_use_untouched(tmp_path, frame_detector):
