@@ -14,10 +14,15 @@ import uuid
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.errors import ConfigError, HumwatchError
 from agent.publish import MqttSettings, Topics, describe_detector_scores, make_client, utc_now
 
+# While `listen` reconnects, the broker keeps its session (and the alarms that arrive) this long; an MQTT 5 session
+# expiry, so that a listener that is gone leaves nothing behind on the broker.
+SESSION_EXPIRY_S = 300
 # How settings errors name the fields here: the command-line flags.
 OPTION_NAMES = {"host": "--host", "port": "--port", "prefix": "--prefix", "username": "--username",
                 "password": "--password", "ca_file": "--ca-file"}
@@ -42,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     settings = MqttSettings(host=args.host, port=args.port, prefix=args.prefix, username=args.username,
                             password=args.password, ca_file=args.ca_file, discovery=False, names=OPTION_NAMES)
     topics = Topics(settings.prefix, args.machine)
-    client = make_client(settings, f"humwatch-listen-{uuid.uuid4().hex[:12]}")
+    client = make_client(settings, f"humwatch-listen-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv5)
     where = f"{settings.host}:{settings.resolved_port}"
     outcome: dict[str, Any] = {"refused": None, "printed": 0}
 
@@ -71,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
     client.on_connect, client.on_subscribe = on_connect, on_subscribe
     client.on_message, client.on_disconnect = on_message, on_disconnect
     try:
-        client.connect(settings.host, settings.resolved_port, keepalive=30)
+        session = Properties(PacketTypes.CONNECT)
+        session.SessionExpiryInterval = SESSION_EXPIRY_S
+        client.connect(settings.host, settings.resolved_port, keepalive=30,
+                       clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=session)
     except OSError as exc:
         raise HumwatchError(f"cannot reach the MQTT broker at {where}: {exc.strerror or exc}") from None
     client.loop_forever()

@@ -227,9 +227,12 @@ class Topics:
         return self._topic("score")
 
 
-def make_client(settings: MqttSettings, client_id: str, clean_session: bool = True) -> mqtt.Client:
-    """A paho client (VERSION2 callbacks, MQTT 3.1.1) with the settings' credentials and TLS."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
+def make_client(settings: MqttSettings, client_id: str, clean_session: bool = True,
+                protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv311) -> mqtt.Client:
+    """A paho client (VERSION2 callbacks, MQTT 3.1.1 unless asked for 5) with the settings' credentials and TLS.
+    MQTT 5 has no clean_session: its session is set at connect (clean_start, session expiry)."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+                         clean_session=None if protocol == mqtt.MQTTv5 else clean_session)
     if settings.username is not None:
         client.username_pw_set(settings.username, settings.password)
     context = settings.ssl_context()

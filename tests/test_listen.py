@@ -3,6 +3,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -61,6 +62,17 @@ def test_listen_prints_state_and_alarms_of_one_machine(mosquitto, publisher, sub
         "pump-1 ALARM anomaly raised score 3.142 threshold 2.5 (cnn-gmm80 0.512, logmel-dynamics-gmm-2s 5.77) "
         "- window score above threshold (id a1)",
         "pump-1 state anomaly (score 3.14 above 2.5)"]
+
+
+def test_an_alarm_sent_while_listen_reconnects_is_still_printed(mosquitto, link, publisher):
+    pump = publisher("pump-1")
+    process = listen(link, "--machine", "pump-1", "--count", "2")  # the retained status, then the alarm
+    link.cut()  # listen's connection drops; it reconnects within a second or two
+    time.sleep(0.3)  # the broker has seen it go
+    pump.publish_alarm({"id": "a2", "kind": "anomaly", "event": "raised", "window_score": 4.0, "threshold": 2.5})
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "reconnecting" in err and out.splitlines()[-1].endswith("ALARM anomaly raised score 4 threshold 2.5 (id a2)")
 
 
 def test_listen_json_lines_cover_every_machine(mosquitto, publisher, subscribe):
