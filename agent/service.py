@@ -69,6 +69,9 @@ class Analysis:
         sensor = config.sensor
         self.health = SensorHealth(sensor.silence_dbfs, sensor.silence_seconds, sensor.clipping_fraction,
                                    sensor.clipping_seconds, sensor.stall_seconds)
+        # Samples received since the start, and when the pipeline's stream began (a pipeline starts its clock at 0
+        # after a silence, a stall or a reload): audio_time stays a position in the sound since the agent started.
+        self._samples_in = 0
         self._set_pipeline(pipeline)
         self._next_pipeline: Pipeline | None = None
         self._swap = threading.Lock()
@@ -85,6 +88,7 @@ class Analysis:
         active = getattr(self, "policy", None) is not None and self.policy.active
         alarm = self.config.alarm
         self.pipeline = pipeline
+        self._stream_start = self._samples_in
         self.policy = AlarmPolicy(pipeline.bundle.threshold_high, pipeline.bundle.threshold_low,
                                   alarm.raise_after, alarm.clear_after)
         self.policy.active = active  # a raised alarm stays raised until the new model clears it
@@ -136,21 +140,23 @@ class Analysis:
     def _judge(self, chunk: np.ndarray) -> None:
         """Score the machine's sound. Silence is not the machine's sound: it is left out, and after a silence or a
         stall a fresh window starts, so a dead microphone never reads as a machine anomaly."""
+        received, self._samples_in = self._samples_in, self._samples_in + len(chunk)
         if self.health.silent:
             self._gap = True
             return
         if self._gap:
             self._gap = False
             self.pipeline.reset()
+            self._stream_start = received
         for result in self.pipeline.push(chunk):
             self._decide(result)
 
     def _decide(self, result: PatchScore) -> None:
         if result.window_score is None:
             return
-        audio_time, window_score = result.time, result.window_score
+        audio_time, window_score = self._stream_start / SAMPLE_RATE + result.time, result.window_score
         self.last_window_score = window_score
-        self._maybe_send_score(result)
+        self._maybe_send_score(audio_time, result)
         if self.health.faults:
             return  # the sound of a broken sensor says nothing about the machine
         event = self.policy.update(audio_time, window_score)
@@ -174,7 +180,8 @@ class Analysis:
         log.log(level, "sensor %s %s: %s", event.reason, "fault" if kind == "raised" else "recovered", event.detail)
         self.publisher.publish_alarm({"kind": "sensor_fault", "event": kind, "window_score": self.last_window_score,
                                       "threshold": self.policy.threshold_high, "model": self.pipeline.bundle.model_ids,
-                                      "reason": f"{event.reason}: {event.detail}"})
+                                      "reason": f"{event.reason}: {event.detail}",
+                                      "audio_time": round(self._samples_in / SAMPLE_RATE, 3)})
 
     def _update_state(self) -> None:
         if self.health.faults:
@@ -188,14 +195,14 @@ class Analysis:
             self.publisher.publish_state(state, detail)
             self._last_status = -float("inf")
 
-    def _maybe_send_score(self, result: PatchScore) -> None:
+    def _maybe_send_score(self, audio_time: float, result: PatchScore) -> None:
         interval = self.config.alarm.score_interval
-        if interval <= 0 or (self._last_score_sent is not None and result.time - self._last_score_sent < interval):
+        if interval <= 0 or (self._last_score_sent is not None and audio_time - self._last_score_sent < interval):
             return
-        self._last_score_sent = result.time
+        self._last_score_sent = audio_time
         self.publisher.publish_score({"window_score": result.window_score, "threshold": self.policy.threshold_high,
                                       "detector_scores": result.readings, "state": self.state,
-                                      "audio_time": round(result.time, 3)})
+                                      "audio_time": round(audio_time, 3)})
 
     def _heartbeat(self, now: float) -> None:
         if now - self._last_watchdog >= self._watchdog_every:

@@ -214,6 +214,7 @@ def test_fault_alarm_end_to_end_with_systemd_notify_and_clean_stop(
 
     sensor = alarms(subscriber, "sensor_fault")
     assert sensor[0]["event"] == "raised" and sensor[0]["reason"].startswith("silence")
+    assert sensor[0]["audio_time"] > cleared["audio_time"]
     assert "detector_scores" not in sensor[0]  # the sound of a dead microphone, not the machine's
     states = [m.json()["state"] for m in subscriber.on("humwatch/pump1/state")]
     assert states[-4:] == ["normal", "anomaly", "normal", "sensor_fault"]
@@ -315,6 +316,9 @@ def test_sighup_reloads_a_new_bundle_without_stopping(
     subscriber.wait_for(lambda msgs: any(m.json()["threshold"] == 50.0 for m in msgs), timeout=30)
     assert agent.process.poll() is None
     assert agent.terminate() == 0
+    # the reload starts the new pipeline's window afresh, not the agent's clock: audio_time keeps rising
+    times = [m.json()["audio_time"] for m in subscriber.on("humwatch/pump1/score")]
+    assert times == sorted(times) and len(set(times)) == len(times), times
 
 
 def start_failure(agents, env, bundle, broker, **sections) -> str:
