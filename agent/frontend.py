@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.mel import frame_count, mel_db_frames
-from agent.spec import HOP_LENGTH, IMAGE_SHAPE, N_FFT, N_MELS, PATCH_FRAMES, PATCH_HOP_FRAMES, FrontEndParams
+from agent.spec import (FIRST_PATCH_SAMPLES, HOP_LENGTH, IMAGE_SHAPE, N_FFT, N_MELS, PATCH_FRAMES,
+                        PATCH_HOP_FRAMES, FrontEndParams)
 from agent.viridis import VIRIDIS_RGB, colour_indices
 
 BLOCK_HOP = PATCH_HOP_FRAMES * HOP_LENGTH  # samples between the starts of two frame blocks
@@ -99,7 +100,7 @@ class FrontEnd:
         index = self._patches_out + np.arange(n_patches)
         self._patches_out += n_patches
         # Patch k ends with frame 32k+63, whose window ends N_FFT/2 samples after its centre.
-        end_samples = (index * PATCH_HOP_FRAMES + PATCH_FRAMES - 1) * HOP_LENGTH + N_FFT // 2
+        end_samples = index * BLOCK_HOP + FIRST_PATCH_SAMPLES
         return PatchBatch(db, images_from_db(db, self.params), end_samples.astype(np.int64))
 
 

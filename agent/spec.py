@@ -25,6 +25,9 @@ DB_AMIN = 1e-10
 PATCH_FRAMES = 64
 PATCH_HOP_FRAMES = 32
 PATCH_SECONDS = PATCH_HOP_FRAMES * HOP_LENGTH / SAMPLE_RATE  # a new patch every 0.512 s
+# Stream samples before the first patch is complete (1.04 s): frame j is centred on sample j·hop (librosa's
+# center=True) and its window reaches N_FFT/2 beyond.
+FIRST_PATCH_SAMPLES = (PATCH_FRAMES - 1) * HOP_LENGTH + N_FFT // 2
 WINDOW_PATCHES = 18  # patches in a 10 s window, as the paper mean-pools them
 
 # The model's input is the 64x64 viridis image as uint8 RGB (rows: high to low frequency, columns: time).

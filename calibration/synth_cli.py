@@ -1,23 +1,27 @@
 """`humwatch synth`: write a synthetic machine-sound dataset in the MIMII layout.
 
 OUT_DIR/<snr>_dB_<type>/<type>/id_XX/{normal,abnormal}/NNNNNNNN.wav, 16-bit PCM at 16 kHz, plus
-OUT_DIR/synth_manifest.csv naming the fault (kind, severity) in every abnormal clip. Re-running with the same
-arguments writes the same bytes; existing files are kept, so an interrupted run resumes.
+OUT_DIR/synth_manifest.csv naming the fault (kind, severity) in every abnormal clip, and OUT_DIR/synth.json with
+the arguments. Re-running with the same arguments writes the same bytes; existing files are kept, so an interrupted
+run resumes. A folder written with other arguments (or not by this command) is refused: its clips would be kept
+while the manifest described new ones.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import io
+import json
 import logging
+import math
 import pathlib
 import wave
 
 import numpy as np
 
-from agent.durable import write_atomic
+from agent.durable import refuse_unwritable, write_atomic
 from agent.errors import ConfigError
-from agent.spec import SAMPLE_RATE
+from agent.spec import FIRST_PATCH_SAMPLES, SAMPLE_RATE
 from calibration.synth import DEFAULT_SNR_DB, MACHINE_TYPES, synth_clip
 
 log = logging.getLogger(__name__)
@@ -29,13 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated machine types (default: %(default)s)")
     parser.add_argument("--ids", default="2",
                         help="number of machine ids per type (numbered 00, 02, 04, ... as in MIMII) "
-                             "or a comma-separated list of ids (default: %(default)s)")
+                             "or a comma-separated list of ids, e.g. 4,6 or 0, for id 0 alone (default: %(default)s)")
     parser.add_argument("--normal", type=int, default=100, help="normal clips per id (default: %(default)s)")
     parser.add_argument("--abnormal", type=int, default=50, help="abnormal clips per id (default: %(default)s)")
     parser.add_argument("--snr", type=float, default=DEFAULT_SNR_DB,
                         help="machine-to-background SNR in dB (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length (default: %(default)s)")
-    parser.add_argument("--channels", type=int, default=1, help="microphones, 1 or 8 as MIMII (default: 1)")
+    parser.add_argument("--channels", type=int, default=1, help="microphones, 1 to 8; MIMII has 8 (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: %(default)s)")
 
 
@@ -114,12 +118,42 @@ def write_dataset(out_dir: pathlib.Path, types: list[str], ids: list[int], n_nor
     return rows
 
 
+MAX_CHANNELS = 8  # MIMII's array
+
+
+def check_folder(out_dir: pathlib.Path, arguments: dict) -> None:
+    """Refuse a folder that holds a dataset of other arguments, or anything not written by synth; record the
+    arguments in a new one."""
+    record = out_dir / "synth.json"
+    if record.exists():
+        try:
+            before = json.loads(record.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{record}: unreadable ({exc}); use a new folder") from None
+        if before != arguments:
+            changed = ", ".join(f"{k} {before.get(k)!r} -> {v!r}" for k, v in arguments.items() if before.get(k) != v)
+            raise ConfigError(f"{out_dir}: holds a dataset made with other arguments ({changed}); use a new folder")
+        return
+    refuse_unwritable(str(out_dir), out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"{out_dir}: not empty and not a dataset of humwatch synth (no synth.json); use a new folder")
+    write_atomic(record, (json.dumps(arguments, indent=2) + "\n").encode())
+
+
 def run(args: argparse.Namespace) -> int:
     types, ids = parse_types(args.types), parse_ids(args.ids)
     if args.normal < 1 or args.abnormal < 0:
         raise ConfigError("--normal must be at least 1 and --abnormal at least 0")
-    if args.channels < 1 or args.seconds <= 0:
-        raise ConfigError("--channels must be at least 1 and --seconds positive")
+    if not 1 <= args.channels <= MAX_CHANNELS:
+        raise ConfigError(f"--channels {args.channels}: must be 1 to {MAX_CHANNELS}")
+    if not args.seconds * SAMPLE_RATE >= FIRST_PATCH_SAMPLES:
+        raise ConfigError(f"--seconds {args.seconds:g}: must be at least {FIRST_PATCH_SAMPLES / SAMPLE_RATE:.3g}, "
+                          "one patch")
+    if not math.isfinite(args.snr):
+        raise ConfigError(f"--snr {args.snr}: must be a number of dB")
+    check_folder(args.out_dir, {"types": types, "ids": ids, "normal": args.normal, "abnormal": args.abnormal,
+                                "snr_db": args.snr, "seconds": args.seconds, "channels": args.channels,
+                                "seed": args.seed})
     rows = write_dataset(args.out_dir, types, ids, args.normal, args.abnormal, args.snr, args.seconds,
                          args.channels, args.seed)
     print(f"wrote {len(rows)} clips ({len(types)} types x {len(ids)} ids) to {args.out_dir} "

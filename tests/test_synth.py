@@ -174,3 +174,32 @@ def test_synth_eight_channels_and_bad_arguments(tmp_path, capsys):
     assert read_wav(wav, channel=7).shape == (int(2.1 * SAMPLE_RATE),)
     assert main(["synth", str(tmp_path), "--types", "robot"]) == 2
     assert "robot" in capsys.readouterr().err
+    for option, value, message in [("--channels", "3", None), ("--channels", "9", "--channels 9: must be 1 to 8"),
+                                   ("--snr", "nan", "--snr nan: must be a number of dB"),
+                                   ("--seconds", "0.01", "--seconds 0.01: must be at least 1.04, one patch")]:
+        out = tmp_path / f"bad{option}{value}"
+        code = main(["synth", str(out), "--types", "fan", "--ids", "0,", "--normal", "1", "--abnormal", "0",
+                     "--seconds", "2", option, value])
+        err = capsys.readouterr().err
+        assert (code, err.count("\n")) == ((0, 0) if message is None else (2, 1)), err
+        assert message is None and out.exists() or message in err and not out.exists()
+
+
+def test_synth_refuses_a_folder_it_would_misdescribe(tmp_path, capsys):
+    out = tmp_path / "data"
+    base = ["synth", str(out), "--types", "pump", "--ids", "0,", "--normal", "1", "--abnormal", "1", "--seconds", "2"]
+    assert main(base) == 0 and main(base) == 0  # the same arguments: resumes (nothing left to do)
+    clip = (out / "-6_dB_pump/pump/id_00/abnormal/00000000.wav").read_bytes()
+    manifest = (out / "synth_manifest.csv").read_text()
+    assert main([*base, "--seed", "7"]) == 2
+    assert capsys.readouterr().err.strip().endswith("holds a dataset made with other arguments (seed 0 -> 7); use a "
+                                                   "new folder")
+    assert (out / "synth_manifest.csv").read_text() == manifest
+    assert (out / "-6_dB_pump/pump/id_00/abnormal/00000000.wav").read_bytes() == clip
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main(["synth", str(tmp_path / "other"), "--types", "pump"]) == 2
+    assert "not empty and not a dataset of humwatch synth" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert main(["synth", str(tmp_path / "a-file" / "data"), "--types", "pump"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
