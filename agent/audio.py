@@ -62,10 +62,9 @@ def to_mono_16k(samples: np.ndarray, rate: int, channel: Channel = 0) -> np.ndar
 def to_mono(samples: np.ndarray, channel: Channel = 0) -> np.ndarray:
     """Samples (n,) or (n, channels) in any WAV sample format → mono float32 in [-1, 1], at the same rate."""
     audio = _as_float(samples)
-    if audio.ndim == 2:
-        audio = _pick_channel(audio, channel)
-    elif audio.ndim != 1:
+    if audio.ndim not in (1, 2):
         raise AudioError(f"expected (samples,) or (samples, channels), got shape {samples.shape}")
+    audio = _pick_channel(audio.reshape(len(audio), -1), channel)  # a mono file has channel 0 alone
     if not np.isfinite(audio).all():
         raise AudioError("contains NaN or infinite samples")
     return audio.astype(np.float32)

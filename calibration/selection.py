@@ -29,12 +29,13 @@ from agent.frontend import clip_patches
 from agent.bundle import DetectorEntry
 from agent.pipeline import fuse, limit, standardise, window_readings
 from agent.scorers import window_mean
-from agent.spec import HOP_LENGTH, N_FFT, PATCH_FRAMES, PATCH_HOP_FRAMES, WINDOW_PATCHES, FrontEndParams
+from agent.spec import FIRST_PATCH_SAMPLES, HOP_LENGTH, PATCH_HOP_FRAMES, WINDOW_PATCHES, FrontEndParams
 from calibration.candidates import CANDIDATES, CNN, PARTS, Candidate, Part, fit_part, score_part
 from calibration.collect import named_as_anomaly
 from calibration.detectors import FittedDetector
 from calibration.faults import FAULT_KINDS, fault_grid, inject
-from calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY, choose_threshold, heldout_mask
+from calibration.threshold import (DEFAULT_FALSE_ALARMS_PER_DAY, HELDOUT_EVERY, choose_threshold,
+                                  heldout_mask)
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,14 @@ PRESETS = {"auto": tuple(CANDIDATES), **{name: (name,) for name in CANDIDATES}}
 def preset_uses_cnn(preset: str) -> bool:
     """Whether any candidate of the preset needs the CNN features (the log-Mel presets do not)."""
     return any(CANDIDATES[name].uses_cnn() for name in PRESETS[preset])
+
+
 # Faulted windows per calibration: every fault of the default grid (5 kinds x 3 strengths) twice.
 MAX_FAULT_CLIPS = 30
 # Samples of one window: WINDOW_PATCHES patches of PATCH_FRAMES frames, hop PATCH_HOP_FRAMES (~9.7 s).
-WINDOW_SAMPLES = ((WINDOW_PATCHES - 1) * PATCH_HOP_FRAMES + PATCH_FRAMES - 1) * HOP_LENGTH + N_FFT // 2
+WINDOW_SAMPLES = (WINDOW_PATCHES - 1) * PATCH_HOP_FRAMES * HOP_LENGTH + FIRST_PATCH_SAMPLES
+# Held-out clips the least a choice among candidates can rest on: a threshold needs two held-out windows.
+MIN_HELDOUT_CLIPS = 2
 
 
 @dataclass(frozen=True)
@@ -273,6 +278,10 @@ def choose_from_files(paths: Sequence[Path], extractor_sha256: str | None = None
         else:
             clips.append(NormalClip(np.empty(0, np.float32), *clip_features(path)))
     held = heldout_mask([len(c.db) for c in clips])
+    if held.sum() < MIN_HELDOUT_CLIPS:
+        raise ConfigError(f"{Path(paths[0]).parent}: {len(clips)} normal training clips; choosing a pipeline needs "
+                          f"at least {MIN_HELDOUT_CLIPS * HELDOUT_EVERY} of 10 s or more (one in {HELDOUT_EVERY} is "
+                          f"held out, and a threshold needs {MIN_HELDOUT_CLIPS} held-out windows)")
     if clip_features is not None:
         for path, clip, h in zip(map(Path, paths), clips, held):
             if h:

@@ -6,6 +6,7 @@ import pathlib
 import sys
 import time
 
+from agent.durable import refuse_unwritable
 from agent.errors import ConfigError
 from agent.spec import SCALINGS, FrontEndParams
 from evaluation.cache import FeatureCache
@@ -25,13 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a MIMII-layout or DCASE 2020-layout dataset folder")
     parser.add_argument("--models", nargs="*", type=pathlib.Path, default=[],
                         help="converted TFLite feature extractors (humwatch convert), e.g. float32 and int8")
-    parser.add_argument("--detectors", default="gmm,ocsvm", help=f"comma list from {','.join(DETECTORS)}")
+    parser.add_argument("--detectors", default="gmm,ocsvm",
+                        help=f"comma list from {','.join(DETECTORS)}, or 'none' (default: %(default)s)")
     parser.add_argument("--presets", default="auto",
                         help="comma list of `humwatch calibrate --preset` names fitted as calibrate fits them, per "
                              "model: auto (the default: chosen per machine by synthetic faults), paper, or any "
                              "candidate pipeline; or 'none'")
-    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma list from {','.join(PEERS)}, or 'none'")
-    parser.add_argument("--seeds", type=int, default=5, help="protocol repetitions (seeds 0..N-1)")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help=f"comma list from {','.join(PEERS)}, or 'none' (default: all)")
+    parser.add_argument("--seeds", type=int, default=5, help="protocol repetitions, seeds 0..N-1 (default: 5)")
     parser.add_argument("--max-normal-test", type=int, default=PAPER_NORMAL_TEST,
                         help="normal (and abnormal) test clips per seed; fewer when the data are smaller")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="folder for the table, CSV and figure")
@@ -52,7 +55,7 @@ def _list(text: str, allowed: tuple, flag: str) -> list[str]:
 
 
 def build_methods(args: argparse.Namespace) -> list[Method]:
-    channel = "mean" if args.channel == "mean" else int(args.channel)
+    channel = _channel(args.channel)
     from calibration.selection import PRESETS
 
     detectors = _list(args.detectors, DETECTORS, "--detectors")
@@ -81,9 +84,16 @@ def build_methods(args: argparse.Namespace) -> list[Method]:
     return methods
 
 
+def _channel(text: str) -> int | str:
+    if text == "mean" or text.lstrip("-").isdigit():
+        return text if text == "mean" else int(text)
+    raise ConfigError(f"--channel {text!r}: a channel index (0: MIMII's reference microphone) or 'mean'")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.seeds < 1 or args.max_normal_test < 1:
         raise ConfigError("--seeds and --max-normal-test must be at least 1")
+    refuse_unwritable(f"--out {args.out}", args.out)
     machines = find_machines(args.dataset)
     methods = build_methods(args)
     cache = FeatureCache(args.cache or args.out / "cache")

@@ -176,6 +176,24 @@ def test_cli_writes_table_csv_and_figure(tiny_dataset, tmp_path, capsys):
     assert "nowhere: dataset folder not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--presets", "auto", "--detectors", "none"], "5 normal training clips; choosing a pipeline needs at least 8 "
+                                                   "of 10 s or more"),
+    (["--channel", "x"], "--channel 'x': a channel index"),
+    (["--channel", "3"], "channel 3 does not exist (the audio has 1 channels)"),
+    (["--out", "{file}"], "--out {file}: {file} is a file, not a folder"),
+])
+def test_bad_runs_are_one_line(tiny_dataset, tmp_path, capsys, squeezenet_int8, options, message):
+    (tmp_path / "a-file").write_text("")
+    options = [o.format(file=tmp_path / "a-file") for o in options]
+    out = [] if "--out" in options else ["--out", str(tmp_path / "out")]
+    code = main(["evaluate", str(tiny_dataset), "--models", str(squeezenet_int8), "--presets", "none", "--peers",
+                 "none", "--seeds", "1", "--max-normal-test", "5", *out, *options])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and err[-1].startswith("humwatch evaluate: error: ")
+    assert message.format(file=tmp_path / "a-file") in err[-1], err
+
+
 def test_autoencoder_peers_run_the_protocol(tiny_dataset):
     from evaluation.autoencoders import ConvAutoencoder, DenseAutoencoder, stacked_frames
     from evaluation.features import patch_db_source
