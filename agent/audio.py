@@ -11,7 +11,7 @@ from math import gcd
 
 import numpy as np
 
-from agent.errors import AudioError
+from agent.errors import AudioError, ConfigError
 from agent.spec import SAMPLE_RATE
 
 Channel = int | str  # a channel index, or "mean" to average all channels
@@ -64,7 +64,7 @@ def to_mono(samples: np.ndarray, channel: Channel = 0) -> np.ndarray:
     audio = _as_float(samples)
     if audio.ndim not in (1, 2):
         raise AudioError(f"expected (samples,) or (samples, channels), got shape {samples.shape}")
-    audio = _pick_channel(audio.reshape(len(audio), -1), channel)  # a mono file has channel 0 alone
+    audio = _pick_channel(audio[:, None] if audio.ndim == 1 else audio, channel)  # mono: channel 0 alone
     if not np.isfinite(audio).all():
         raise AudioError("contains NaN or infinite samples")
     return audio.astype(np.float32)
@@ -79,6 +79,16 @@ def _as_float(samples: np.ndarray) -> np.ndarray:
     if kind == "i":  # scipy returns 24-bit PCM left-justified in int32, so one scale fits 16/24/32-bit
         return samples.astype(np.float64) / float(2 ** (8 * size - 1))
     raise AudioError(f"unsupported sample format {samples.dtype}")
+
+
+def parse_channel(text: str) -> Channel:
+    """A --channel option: a channel index, or 'mean' of all channels."""
+    if text == "mean":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--channel {text!r}: a channel index (0 is the first) or 'mean'") from None
 
 
 def _pick_channel(audio: np.ndarray, channel: Channel) -> np.ndarray:

@@ -224,7 +224,7 @@ def rollback(link: str | os.PathLike) -> pathlib.Path:
         previous = json.loads((current / MANIFEST).read_text()).get("previous")
     except (OSError, ValueError, AttributeError):
         kept = _finished_versions(_versions_dir(link))
-        previous = next((p.name for p in kept if p != current), None)
+        previous = next((p.name for p in kept if p.name != current.name), None)
     target = _versions_dir(link) / str(previous)
     if not previous or not (target / MANIFEST).exists():
         raise ModelError(f"{link}: no previous bundle is kept to roll back to")

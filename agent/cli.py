@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except HumwatchError as exc:
-        line = f"humwatch {args.command}: error: {exc}"
-        print(with_priority(line, logging.ERROR) if journal else line, file=sys.stderr)
+        lines = "\n".join(f"humwatch {args.command}: error: {line}" for line in str(exc).splitlines())
+        print(with_priority(lines, logging.ERROR) if journal else lines, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

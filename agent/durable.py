@@ -44,7 +44,9 @@ def refuse_unwritable(what: str, folder: str | os.PathLike) -> None:
     """Refuse, in one line naming `what`, a folder that cannot be created or written in: checked before minutes of
     work (recording, fitting, converting), not after them."""
     folder = Path(folder).absolute()
-    nearest = next(p for p in (folder, *folder.parents) if p.exists())
+    nearest = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    if not nearest.exists():
+        raise ConfigError(f"{what}: {nearest} is a symbolic link to nothing")
     if not nearest.is_dir():
         raise ConfigError(f"{what}: {nearest} is a file, not a folder")
     if not os.access(nearest, os.W_OK | os.X_OK):

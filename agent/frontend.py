@@ -10,10 +10,9 @@ import numpy as np
 
 from agent.mel import frame_count, mel_db_frames
 from agent.spec import (FIRST_PATCH_SAMPLES, HOP_LENGTH, IMAGE_SHAPE, N_FFT, N_MELS, PATCH_FRAMES,
-                        PATCH_HOP_FRAMES, FrontEndParams)
+                        PATCH_HOP_FRAMES, PATCH_HOP_SAMPLES, FrontEndParams)
 from agent.viridis import VIRIDIS_RGB, colour_indices
 
-BLOCK_HOP = PATCH_HOP_FRAMES * HOP_LENGTH  # samples between the starts of two frame blocks
 
 
 @dataclass
@@ -90,8 +89,8 @@ class FrontEnd:
         # with the batch size, and fixed blocks make a stream in any chunk size bit-identical to the offline path.
         blocks = frame_count(len(self._samples)) // PATCH_HOP_FRAMES
         block_span = (PATCH_HOP_FRAMES - 1) * HOP_LENGTH + N_FFT
-        new_frames = [mel_db_frames(self._samples[b * BLOCK_HOP: b * BLOCK_HOP + block_span]) for b in range(blocks)]
-        self._samples = self._samples[blocks * BLOCK_HOP:]
+        new_frames = [mel_db_frames(self._samples[b * PATCH_HOP_SAMPLES: b * PATCH_HOP_SAMPLES + block_span]) for b in range(blocks)]
+        self._samples = self._samples[blocks * PATCH_HOP_SAMPLES:]
         self._frames = np.concatenate([self._frames, *new_frames])
         n_patches = (len(self._frames) - PATCH_FRAMES) // PATCH_HOP_FRAMES + 1
         starts = np.arange(n_patches) * PATCH_HOP_FRAMES
@@ -100,7 +99,7 @@ class FrontEnd:
         index = self._patches_out + np.arange(n_patches)
         self._patches_out += n_patches
         # Patch k ends with frame 32k+63, whose window ends N_FFT/2 samples after its centre.
-        end_samples = index * BLOCK_HOP + FIRST_PATCH_SAMPLES
+        end_samples = index * PATCH_HOP_SAMPLES + FIRST_PATCH_SAMPLES
         return PatchBatch(db, images_from_db(db, self.params), end_samples.astype(np.int64))
 
 

@@ -20,8 +20,8 @@ from paho.mqtt.properties import Properties
 from agent.errors import ConfigError, HumwatchError
 from agent.publish import MqttSettings, Topics, describe_detector_scores, make_client, utc_now
 
-# While `listen` reconnects, the broker keeps its session (and the alarms that arrive) this long; an MQTT 5 session
-# expiry, so that a listener that is gone leaves nothing behind on the broker.
+# While `listen` reconnects, the broker keeps its session (and the alarms that arrive) this long: an MQTT 5 session
+# expiry. On its way out, listen sets it to 0, so a finished listener leaves nothing on the broker.
 SESSION_EXPIRY_S = 300
 # How settings errors name the fields here: the command-line flags.
 OPTION_NAMES = {"host": "--host", "port": "--port", "prefix": "--prefix", "username": "--username",
@@ -50,13 +50,16 @@ def run(args: argparse.Namespace) -> int:
     client = make_client(settings, f"humwatch-listen-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv5)
     where = f"{settings.host}:{settings.resolved_port}"
     outcome: dict[str, Any] = {"refused": None, "printed": 0}
+    leaving = Properties(PacketTypes.DISCONNECT)
+    leaving.SessionExpiryInterval = 0
 
     def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             outcome["refused"] = str(reason_code)
             client.disconnect()
             return
-        client.subscribe([(topics.status, 1), (topics.state, 1), (topics.alarm, 1)])
+        if not flags.session_present:  # a resumed session keeps its subscriptions (and the retained are not re-sent)
+            client.subscribe([(topics.status, 1), (topics.state, 1), (topics.alarm, 1)])
 
     def on_subscribe(client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         print(f"listening on {where} to {topics.prefix}/{topics.machine}/(status|state|alarm)", file=sys.stderr,
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(render(message.topic, message.payload, bool(message.retain), args.json), flush=True)
         outcome["printed"] += 1
         if outcome["printed"] == args.count:
-            client.disconnect()
+            client.disconnect(properties=leaving)
 
     def on_disconnect(client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         finished = args.count and outcome["printed"] >= args.count
@@ -82,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
                        clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=session)
     except OSError as exc:
         raise HumwatchError(f"cannot reach the MQTT broker at {where}: {exc.strerror or exc}") from None
-    client.loop_forever()
+    try:
+        client.loop_forever()
+    except KeyboardInterrupt:
+        client.disconnect(properties=leaving)
+        raise
     if outcome["refused"] is not None:
         raise HumwatchError(f"the MQTT broker at {where} refused the connection: {outcome['refused']}")
     return 0

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from agent.audio import read_wav
+from agent.audio import parse_channel, read_wav
 from agent.bundle import Bundle
 from agent.errors import AudioError
 from agent.pipeline import Pipeline
@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    channel = args.channel if args.channel == "mean" else _channel_index(args.channel)
+    channel = parse_channel(args.channel)
     pipeline = Pipeline(Bundle.load(args.bundle), num_threads=args.threads)
     anomalous = failed = False
     for path in args.files:
@@ -91,9 +91,3 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result) if args.json else describe(result), flush=True)
     return 2 if failed else int(anomalous)
 
-
-def _channel_index(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise AudioError(f"--channel must be a channel index or 'mean', not {text!r}") from None

@@ -24,7 +24,8 @@ DB_AMIN = 1e-10
 
 PATCH_FRAMES = 64
 PATCH_HOP_FRAMES = 32
-PATCH_SECONDS = PATCH_HOP_FRAMES * HOP_LENGTH / SAMPLE_RATE  # a new patch every 0.512 s
+PATCH_HOP_SAMPLES = PATCH_HOP_FRAMES * HOP_LENGTH
+PATCH_SECONDS = PATCH_HOP_SAMPLES / SAMPLE_RATE  # a new patch every 0.512 s
 # Stream samples before the first patch is complete (1.04 s): frame j is centred on sample j·hop (librosa's
 # center=True) and its window reaches N_FFT/2 beyond.
 FIRST_PATCH_SAMPLES = (PATCH_FRAMES - 1) * HOP_LENGTH + N_FFT // 2

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     out = _bundle_path(args.out, config, machine)
     if args.rollback:
         return _rollback(args, out)
-    refuse_unwritable(f"--out {out}" if args.out else f"bundle path {out}", out.absolute().parent)
+    for folder in (out.absolute().parent, out.absolute().with_name(out.name + ".versions")):  # link, versions
+        refuse_unwritable(f"--out {out}" if args.out else f"bundle path {out}", folder)
     if args.report_dir is not None:
         refuse_unwritable(f"--report-dir {args.report_dir}", args.report_dir)
     from calibration.calibrate import DEFAULT_PRESET, calibrate  # scikit-learn and TFLite only when calibrating

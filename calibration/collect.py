@@ -58,35 +58,38 @@ class Block:
         return f"{self.source} {_mmss(self.start_s)}–{_mmss(self.start_s + self.seconds)}"
 
 
-def named_as_anomaly(path: Path) -> bool:
-    """A recording whose name says it is not normal sound: anomaly_* or abnormal_*, or inside an anomaly/ or
-    abnormal/ folder (the layout of MIMII and DCASE)."""
+def named_as_anomaly(path: Path, given: Path | None = None) -> bool:
+    """A recording whose name says it is not normal sound: anomaly_* or abnormal_*, or in an anomaly/ or abnormal/
+    folder (the layout of MIMII and DCASE), counting the folders from `given` (the folder named on the command
+    line, by default the file's own) down: what lies above it is the user's own filing."""
     marks = ("anomaly", "abnormal")
-    return path.name.lower().startswith(marks) or any(part.lower() in marks for part in path.parent.parts)
+    given = path.parent if given is None else given
+    folders = (given.name, *path.parent.relative_to(given).parts)
+    return path.name.lower().startswith(marks) or any(folder.lower() in marks for folder in folders)
 
 
 def wav_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """The WAV files named, folders expanded to their *.wav files (recursively, sorted by path). A file named as an
     anomaly is refused: calibration learns normal sound, and one faulty clip among them teaches that the fault is
     normal."""
-    found: list[Path] = []
+    found: list[tuple[Path, Path]] = []  # (file, the folder or file named)
     for item in map(Path, paths):
         if item.is_dir():
             inside = sorted(p for p in item.rglob("*") if p.suffix.lower() == ".wav" and p.is_file())
             if not inside:
                 raise AudioError(f"{item}: folder holds no .wav files")
-            found.extend(inside)
+            found.extend((p, item) for p in inside)
         elif item.exists():
-            found.append(item)
+            found.append((item, item.parent))
         else:
             raise AudioError(f"{item}: no such file or folder")
     if not found:
         raise AudioError("no calibration audio given: name WAV files or folders, or use --record MINUTES")
-    named = [p for p in found if named_as_anomaly(p)]
+    named = [p for p, given in found if named_as_anomaly(p, given)]
     if named:
         raise AudioError(f"{named[0]}: named as an anomaly; calibration learns normal sound only (rename it if it "
                          f"is normal){f', and {len(named) - 1} more' if len(named) > 1 else ''}")
-    return found
+    return [p for p, _ in found]
 
 
 def wav_blocks(paths: Iterable[str | os.PathLike]) -> list[Block]:

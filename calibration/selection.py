@@ -29,7 +29,7 @@ from agent.frontend import clip_patches
 from agent.bundle import DetectorEntry
 from agent.pipeline import fuse, limit, standardise, window_readings
 from agent.scorers import window_mean
-from agent.spec import FIRST_PATCH_SAMPLES, HOP_LENGTH, PATCH_HOP_FRAMES, WINDOW_PATCHES, FrontEndParams
+from agent.spec import FIRST_PATCH_SAMPLES, PATCH_HOP_SAMPLES, WINDOW_PATCHES, FrontEndParams
 from calibration.candidates import CANDIDATES, CNN, PARTS, Candidate, Part, fit_part, score_part
 from calibration.collect import named_as_anomaly
 from calibration.detectors import FittedDetector
@@ -64,7 +64,7 @@ def preset_uses_cnn(preset: str) -> bool:
 # Faulted windows per calibration: every fault of the default grid (5 kinds x 3 strengths) twice.
 MAX_FAULT_CLIPS = 30
 # Samples of one window: WINDOW_PATCHES patches of PATCH_FRAMES frames, hop PATCH_HOP_FRAMES (~9.7 s).
-WINDOW_SAMPLES = (WINDOW_PATCHES - 1) * PATCH_HOP_FRAMES * HOP_LENGTH + FIRST_PATCH_SAMPLES
+WINDOW_SAMPLES = (WINDOW_PATCHES - 1) * PATCH_HOP_SAMPLES + FIRST_PATCH_SAMPLES
 # Held-out clips the least a choice among candidates can rest on: a threshold needs two held-out windows.
 MIN_HELDOUT_CLIPS = 2
 

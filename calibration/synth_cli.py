@@ -26,6 +26,8 @@ from calibration.synth import DEFAULT_SNR_DB, MACHINE_TYPES, synth_clip
 
 log = logging.getLogger(__name__)
 
+MAX_CHANNELS = 8  # MIMII's array
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", type=pathlib.Path, metavar="OUT_DIR")
@@ -118,9 +120,6 @@ def write_dataset(out_dir: pathlib.Path, types: list[str], ids: list[int], n_nor
     return rows
 
 
-MAX_CHANNELS = 8  # MIMII's array
-
-
 def check_folder(out_dir: pathlib.Path, arguments: dict) -> None:
     """Refuse a folder that holds a dataset of other arguments, or anything not written by synth; record the
     arguments in a new one."""
@@ -134,7 +133,7 @@ def check_folder(out_dir: pathlib.Path, arguments: dict) -> None:
             changed = ", ".join(f"{k} {before.get(k)!r} -> {v!r}" for k, v in arguments.items() if before.get(k) != v)
             raise ConfigError(f"{out_dir}: holds a dataset made with other arguments ({changed}); use a new folder")
         return
-    refuse_unwritable(str(out_dir), out_dir)
+    refuse_unwritable(f"OUT_DIR {out_dir}", out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir}: not empty and not a dataset of humwatch synth (no synth.json); use a new folder")
     write_atomic(record, (json.dumps(arguments, indent=2) + "\n").encode())
@@ -151,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
                           "one patch")
     if not math.isfinite(args.snr):
         raise ConfigError(f"--snr {args.snr}: must be a number of dB")
-    check_folder(args.out_dir, {"types": types, "ids": ids, "normal": args.normal, "abnormal": args.abnormal,
+    check_folder(args.out_dir, {"types": sorted(types), "ids": sorted(ids), "normal": args.normal, "abnormal": args.abnormal,
                                 "snr_db": args.snr, "seconds": args.seconds, "channels": args.channels,
                                 "seed": args.seed})
     rows = write_dataset(args.out_dir, types, ids, args.normal, args.abnormal, args.snr, args.seconds,

@@ -6,6 +6,7 @@ import pathlib
 import sys
 import time
 
+from agent.audio import parse_channel
 from agent.durable import refuse_unwritable
 from agent.errors import ConfigError
 from agent.spec import SCALINGS, FrontEndParams
@@ -55,7 +56,7 @@ def _list(text: str, allowed: tuple, flag: str) -> list[str]:
 
 
 def build_methods(args: argparse.Namespace) -> list[Method]:
-    channel = _channel(args.channel)
+    channel = parse_channel(args.channel)
     from calibration.selection import PRESETS
 
     detectors = _list(args.detectors, DETECTORS, "--detectors")
@@ -82,12 +83,6 @@ def build_methods(args: argparse.Namespace) -> list[Method]:
     if not methods:
         raise ConfigError("nothing to evaluate: give --models with --detectors or --presets, or --peers")
     return methods
-
-
-def _channel(text: str) -> int | str:
-    if text == "mean" or text.lstrip("-").isdigit():
-        return text if text == "mean" else int(text)
-    raise ConfigError(f"--channel {text!r}: a channel index (0: MIMII's reference microphone) or 'mean'")
 
 
 def run(args: argparse.Namespace) -> int:

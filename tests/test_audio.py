@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from agent.audio import read_wav, to_mono_16k
-from agent.errors import AudioError
+from agent.audio import parse_channel, read_wav, to_mono_16k
+from agent.errors import AudioError, ConfigError
 
 
 def tone(rate: int, seconds: float = 0.5, freq: float = 440.0) -> np.ndarray:
@@ -50,6 +50,19 @@ def test_extensible_8_channel_mimii_file_channel_choice(shared_dir):
     np.testing.assert_allclose(read_wav(path, channel="mean"), raw.mean(axis=1) / 32768.0, atol=1e-6)
     with pytest.raises(AudioError, match="channel 8 does not exist"):
         read_wav(path, channel=8)
+
+
+def test_a_mono_file_has_channel_0_alone_and_channel_options_are_parsed(tmp_path):
+    path = tmp_path / "mono.wav"
+    wavfile.write(path, 16000, (tone(16000) * 32767).astype(np.int16))
+    np.testing.assert_array_equal(read_wav(path, channel="mean"), read_wav(path, channel=0))
+    with pytest.raises(AudioError, match=r"channel 1 does not exist \(the audio has 1 channels\)"):
+        read_wav(path, channel=1)
+    assert to_mono_16k(np.zeros(0, np.float32), 16000).shape == (0,)
+    assert [parse_channel(t) for t in ("0", "7", "mean")] == [0, 7, "mean"]
+    for bad in ("x", "--3", "²", ""):
+        with pytest.raises(ConfigError, match=f"--channel {bad!r}: a channel index"):
+            parse_channel(bad)
 
 
 def test_44k1_stereo_is_resampled_to_16k(tmp_path):

@@ -18,7 +18,7 @@ from agent.errors import AudioError, ConfigError, ModelError
 from agent.pipeline import Pipeline
 from agent.spec import SAMPLE_RATE
 from calibration.calibrate import calibrate
-from calibration.collect import Block, meter_line, record, split_blocks, survey, wav_blocks
+from calibration.collect import Block, meter_line, record, split_blocks, survey, wav_blocks, wav_paths
 from calibration.faults import Fault, inject
 from calibration.report import PNG_NAME, TEXT_NAME
 from calibration.threshold import choose_threshold, decisions_per_day, heldout_mask
@@ -265,6 +265,11 @@ def test_recordings_named_as_anomalies_are_refused_before_anything_is_read(tmp_p
     shutil.copyfile(normal_paths[0], tmp_path / "abnormal" / "clip.wav")  # a folder of faults, whatever the names
     code, err = calibrate_cli(tmp_path, squeezenet_int8, [*normal_paths[:30], tmp_path / "abnormal"], capsys)
     assert code == 2 and "abnormal/clip.wav: named as an anomaly" in err
+    # folders above the one named are the user's own filing: an "anomaly" project folder is no fault
+    (tmp_path / "anomaly" / "pump1").mkdir(parents=True)
+    shutil.copyfile(normal_paths[0], tmp_path / "anomaly" / "pump1" / "clip.wav")
+    assert wav_paths([tmp_path / "anomaly" / "pump1"]) == [tmp_path / "anomaly" / "pump1" / "clip.wav"]
+    assert wav_paths([tmp_path / "anomaly" / "pump1" / "clip.wav"]) == [tmp_path / "anomaly" / "pump1" / "clip.wav"]
 
 
 def test_too_little_audio_is_refused_saying_how_much_is_needed(tmp_path, normal_paths, squeezenet_int8, capsys):

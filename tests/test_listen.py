@@ -123,6 +123,14 @@ def test_render_shows_detector_scores_when_an_alarm_has_them():
     assert alarm(detector_scores=[1, 2], time=5).startswith("5 m ALARM anomaly raised score 3 threshold 2.5 (id a1)")
 
 
+def test_every_problem_of_the_options_is_its_own_error_line():
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "listen", "--port", "0", "--password", "x"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "humwatch listen: error: --port: must be 1..65535, not 0",
+        "humwatch listen: error: --username: is needed with a password"]
+
+
 def test_render_keeps_non_json_payloads_and_marks_retained():
     assert render("humwatch/m/status", b"offline", True, False).endswith(" m status offline [retained]")
     assert json.loads(render("humwatch/m/status", b"offline", False, True)) == \
