@@ -113,14 +113,14 @@ def test_new_version_replaces_link_and_rollback_restores(tmp_path, frame_detecto
         rollback(link)
 
 
-def test_rollback_from_a_damaged_bundle_goes_to_the_newest_other_version(tmp_path, frame_detector):
+def test_rollback_from_a_damaged_bundle_goes_to_the_newest_other_version(tmp_path, frame_detector, monkeypatch):
     link = tmp_path / "bundle"
     first = write(link, frame_detector)
     second = write(link, frame_detector, threshold={"high": 5.0, "low": 4.0})
     os.utime(first, (1, 1))  # the oldest
     third = write(link, frame_detector, threshold={"high": 7.0, "low": 6.0})
     (third / "bundle.json").write_text('{"previous": "')  # cut short: it cannot say what it replaced
-    os.chdir(tmp_path)  # named relative to here, as on a command line
+    monkeypatch.chdir(tmp_path)  # named relative to here, as on a command line
     assert rollback("bundle").name == second.name and Bundle.load(link).threshold_high == 5.0
 
 
