@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"evaluating {len(methods)} methods on {len(machines)} machines × {args.seeds} seeds", file=sys.stderr)
     results = run_protocol(machines, methods, list(range(args.seeds)), cache, args.max_normal_test,
                            progress=lambda line: print(line, file=sys.stderr, flush=True))
-    title = f"ROC AUC, {args.dataset.name}, {args.seeds} seeds"
+    title = f"ROC AUC, {args.dataset.name}, {args.seeds} seed{'' if args.seeds == 1 else 's'}"
     files = write_reports(results, args.out, title)
     print(markdown_table(results))
     print(f"wrote {', '.join(str(p) for p in files.values())} in {time.monotonic() - started:.0f} s "
