@@ -63,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
         refuse_unwritable(f"--out {out}" if args.out else f"bundle path {out}", folder)
     if args.report_dir is not None:
         refuse_unwritable(f"--report-dir {args.report_dir}", args.report_dir)
-    from calibration.calibrate import DEFAULT_PRESET, calibrate  # scikit-learn and TFLite only when calibrating
+    from calibration.calibrate import DEFAULT_PRESET, MIN_MINUTES, STEADY_MINUTES, calibrate  # scikit-learn, TFLite
     from calibration.collect import record, split_blocks, wav_blocks
+
+    if args.record is not None and args.record < MIN_MINUTES:
+        raise ConfigError(f"--record {args.record:g}: calibration needs at least {MIN_MINUTES} min of normal sound "
+                          f"({STEADY_MINUTES} or more give a steadier threshold)")
 
     if args.record is not None and args.sources:
         raise ConfigError("give either --record MINUTES or WAV files/folders, not both")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, TextIO
 
 import numpy as np
 
-from agent.audio import read_wav, to_mono_16k
+from agent.audio import read_wav
 from agent.errors import AudioError
 from agent.mel import mel_db
 from agent.spec import SAMPLE_RATE
@@ -194,49 +195,53 @@ def _mmss(seconds: float) -> str:
 
 METER_CELLS = 8
 METER_FLOOR_DBFS = -64.0  # the empty meter; each cell is 8 dB
-CHUNK_SECONDS = 0.1
+RECORD_STALL_SECONDS = 3.0  # no audio for this long: the device delivers nothing (the agent's stall_seconds)
 
 
 def record(minutes: float, device: int | str | None = None, rate: int = SAMPLE_RATE, channels: int = 1,
            channel: int | str = 0, out: TextIO | None = None) -> np.ndarray:
     """Record `minutes` from an input device (PortAudio index, part of its name, or None: the default input) as
-    16 kHz mono float32, drawing progress and a level meter on one line of `out`.
+    16 kHz mono float32, drawing progress and a level meter on one line of `out` (default stderr).
 
-    The device is opened at `rate` with `channels` (falling back to its default rate if it refuses `rate`);
-    `channel` is the one analysed, or "mean", as the agent does with the same settings. `out` defaults to stderr.
+    The device is captured exactly as the agent captures it (agent.capture.DeviceSource: `rate`, `channels`, the
+    analysed `channel` or "mean"), so a bundle is calibrated on the sound the agent will hear. A device that delivers
+    nothing for RECORD_STALL_SECONDS is an AudioError, not a wait without end.
     """
-    import pyaudio  # the board's optional audio extra; imported only when recording
+    from agent.capture import DeviceSource
 
     out = out or sys.stderr
     if not minutes > 0:
         raise AudioError(f"--record {minutes}: the duration must be positive")
-    audio = pyaudio.PyAudio()
+    stop, heard = threading.Event(), threading.Event()
+    source = DeviceSource(stop, device, rate, channels, channel)
+    source.open()
+    threading.Thread(target=_stop_on_stall, args=(stop, heard), name="record-stall", daemon=True).start()
+    pieces, got, wanted = [], 0, int(round(minutes * 60 * SAMPLE_RATE))
     try:
-        index = _input_device(audio, device)
-        rate = _capture_rate(audio, index, rate, channels)
-        chunk = int(rate * CHUNK_SECONDS)
-        try:
-            stream = audio.open(format=pyaudio.paInt16, channels=channels, rate=rate, input=True,
-                                input_device_index=index, frames_per_buffer=chunk)
-        except OSError as exc:
-            raise AudioError(f"input device {device if device is not None else 'default'}: cannot open for "
-                             f"recording ({exc})") from None
-        pieces, got, wanted = [], 0, int(round(minutes * 60 * rate))
-        try:
-            while got < wanted:
-                raw = stream.read(min(chunk, wanted - got), exception_on_overflow=False)
-                piece = np.frombuffer(raw, dtype=np.int16).reshape(-1, channels)
-                pieces.append(piece)
-                got += len(piece)
-                out.write("\r" + meter_line(got / rate, wanted / rate, level_dbfs(piece / 32768.0)))
-                out.flush()
-        finally:
-            stream.stop_stream()
-            stream.close()
-        out.write("\n")
+        for chunk in source:
+            heard.set()
+            pieces.append(chunk[: wanted - got])
+            got += len(pieces[-1])
+            out.write("\r" + meter_line(got / SAMPLE_RATE, wanted / SAMPLE_RATE, level_dbfs(chunk)))
+            out.flush()
+            if got >= wanted:
+                break
     finally:
-        audio.terminate()
-    return to_mono_16k(np.concatenate(pieces), rate, channel)
+        stop.set()
+        source.close()
+        out.write("\n")
+    if got < wanted:
+        raise AudioError(f"{source.describe()}: no audio for {RECORD_STALL_SECONDS:g} s after "
+                         f"{_mmss(got / SAMPLE_RATE)}; is the microphone connected and the device running?")
+    return np.concatenate(pieces)
+
+
+def _stop_on_stall(stop: threading.Event, heard: threading.Event) -> None:
+    """Stop the recording when no audio arrives for RECORD_STALL_SECONDS (the capture waits for ever otherwise)."""
+    while not stop.is_set():
+        heard.clear()
+        if not heard.wait(RECORD_STALL_SECONDS):
+            stop.set()
 
 
 def meter_line(elapsed_s: float, total_s: float, level: float) -> str:
@@ -244,36 +249,3 @@ def meter_line(elapsed_s: float, total_s: float, level: float) -> str:
     filled = int(np.clip((level - METER_FLOOR_DBFS) / (-METER_FLOOR_DBFS / METER_CELLS), 0, METER_CELLS))
     return (f"recording {_mmss(elapsed_s)} / {_mmss(total_s)}  level {max(level, -99.0):3.0f} dBFS "
             f"{'▮' * filled}{'▯' * (METER_CELLS - filled)}")
-
-
-def _input_device(audio, name: int | str | None) -> int:
-    if name in (None, "", "default"):
-        try:
-            return int(audio.get_default_input_device_info()["index"])
-        except OSError as exc:
-            raise AudioError(f"no default input device to record from ({exc})") from None
-    inputs = [(i, audio.get_device_info_by_index(i)) for i in range(audio.get_device_count())]
-    inputs = [(i, info["name"]) for i, info in inputs if info.get("maxInputChannels", 0) > 0]
-    if isinstance(name, int) and name in dict(inputs):
-        return name
-    for i, device_name in inputs:
-        if device_name == name:
-            return i
-    matches = [i for i, device_name in inputs if isinstance(name, str) and name in device_name]
-    if len(matches) == 1:
-        return matches[0]
-    known = ", ".join(repr(n) for _, n in inputs) or "none"
-    raise AudioError(f"input device {name!r}: {'ambiguous' if matches else 'not found'} (input devices: {known})")
-
-
-def _capture_rate(audio, index: int, rate: int, channels: int) -> int:
-    """`rate` when the device takes it, else its default rate (converted to 16 kHz afterwards)."""
-    import pyaudio
-
-    try:
-        if audio.is_format_supported(rate, input_device=index, input_channels=channels,
-                                     input_format=pyaudio.paInt16):
-            return rate
-    except ValueError:
-        pass
-    return int(audio.get_device_info_by_index(index)["defaultSampleRate"])

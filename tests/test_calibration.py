@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -278,6 +279,19 @@ def test_too_little_audio_is_refused_saying_how_much_is_needed(tmp_path, normal_
     assert not (tmp_path / "bundle").exists()
 
 
+def test_a_recording_too_short_to_calibrate_is_refused_before_it_starts(tmp_path, capsys):
+    code = humwatch(["calibrate", "--out", str(tmp_path / "bundle"), "--device", "no-such-mic", "--record", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == ("humwatch calibrate: error: --record 2: calibration needs at least 4 min of normal "
+                                 "sound (15 or more give a steadier threshold)\n")
+
+
+def test_a_threshold_on_few_held_out_windows_comes_with_a_warning(calibrated):
+    result, _ = calibrated  # 40 clips of 10 s: 10 held-out windows
+    assert result.threshold.heldout_windows == 10
+    assert any(w.startswith("the threshold rests on 10 held-out windows") for w in result.warnings)
+
+
 def test_a_level_jump_halfway_is_refused(normal_paths):
     blocks = wav_blocks(normal_paths[:24])
     for block in blocks[12:]:
@@ -380,8 +394,18 @@ def test_recording_captures_the_device_with_progress_and_level_meter(alsa_device
 
 def test_an_unknown_input_device_is_named_in_the_error(alsa_device):
     alsa_device()
-    with pytest.raises(AudioError, match="input device 'no-such-mic': not found"):
+    with pytest.raises(AudioError, match="audio.device: no input device named like 'no-such-mic'"):
         record(0.1, "no-such-mic")
+
+
+def test_a_device_that_delivers_nothing_ends_the_recording_with_an_error(alsa_device):
+    import io
+
+    device = alsa_device()  # open, but nothing is played into it
+    started = time.monotonic()
+    with pytest.raises(AudioError, match=r"no audio for 3 s after 00:00; is the microphone connected"):
+        record(0.5, device.name, out=io.StringIO())
+    assert time.monotonic() - started < 10
 
 
 def test_calibrate_records_the_configured_device_and_writes_the_configured_bundle(tmp_path, alsa_device, normal_paths,
