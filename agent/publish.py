@@ -279,14 +279,15 @@ def discovery_messages(settings: MqttSettings, topics: Topics,
     device.update(device_info or {})
     common = {"availability_topic": topics.status, "payload_available": ONLINE, "payload_not_available": OFFLINE,
               "device": device}
-    problems = {"anomaly": "Anomaly", "sensor_fault": "Sensor fault"}
+    # The anomaly stays on through a sensor fault that hides it from `state`: one alarm, one onset in automations.
+    problems = {"anomaly": ("Anomaly", "{{ 'ON' if value_json.machine_alarm else 'OFF' }}"),
+                "sensor_fault": ("Sensor fault", "{{ 'ON' if value_json.state == 'sensor_fault' else 'OFF' }}")}
     messages = {
         f"{settings.discovery_prefix}/binary_sensor/{node}/{state}/config": {
             "name": name, "unique_id": f"{node}_{state}", "device_class": "problem",
-            "state_topic": topics.state, "json_attributes_topic": topics.state,
-            "value_template": f"{{{{ 'ON' if value_json.state == '{state}' else 'OFF' }}}}", **common,
+            "state_topic": topics.state, "json_attributes_topic": topics.state, "value_template": template, **common,
         }
-        for state, name in problems.items()
+        for state, (name, template) in problems.items()
     }
     messages[f"{settings.discovery_prefix}/sensor/{node}/window_score/config"] = {
         "name": "Window score", "unique_id": f"{node}_window_score", "state_class": "measurement",
@@ -376,11 +377,14 @@ class MqttPublisher:
                  self.topics.alarm, self.pending_alarms())
         return event["id"]
 
-    def publish_state(self, state: str, detail: str | None = None) -> None:
-        """Retain the machine's state (normal/anomaly/sensor_fault); the latest is re-sent on every connect."""
+    def publish_state(self, state: str, detail: str | None = None, machine_alarm: bool | None = None) -> None:
+        """Retain the machine's state (normal/anomaly/sensor_fault); the latest is re-sent on every connect.
+        `machine_alarm`: whether the machine alarm is raised, which a sensor fault hides from `state` but does not
+        clear (by default, state == "anomaly")."""
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, not {state!r}")
-        payload = to_json({"state": state, "detail": detail, "time": utc_now()})
+        alarm = state == "anomaly" if machine_alarm is None else machine_alarm
+        payload = to_json({"state": state, "detail": detail, "machine_alarm": alarm, "time": utc_now()})
         with self._state_lock:
             self._state_payload = payload
         if self.connected:

@@ -192,7 +192,7 @@ class Analysis:
             state, detail = "normal", None
         if state != self.state:
             self.state = state
-            self.publisher.publish_state(state, detail)
+            self.publisher.publish_state(state, detail, machine_alarm=self.policy.active)
             self._last_status = -float("inf")
 
     def _maybe_send_score(self, audio_time: float, result: PatchScore) -> None:

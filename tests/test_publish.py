@@ -247,9 +247,11 @@ def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(mo
     assert anomaly["device_class"] == fault["device_class"] == "problem"
     assert anomaly["state_topic"] == fault["state_topic"] == STATE and score["state_topic"] == SCORE
     assert len({anomaly["unique_id"], fault["unique_id"], score["unique_id"]}) == 3
-    anomalous, faulty = b'{"state":"anomaly","detail":null}', b'{"state":"sensor_fault","detail":"silence"}'
-    assert [render(anomaly["value_template"], p) for p in (anomalous, faulty)] == ["ON", "OFF"]
-    assert [render(fault["value_template"], p) for p in (anomalous, faulty)] == ["OFF", "ON"]
+    anomalous = b'{"state":"anomaly","detail":null,"machine_alarm":true}'
+    faulty = b'{"state":"sensor_fault","detail":"silence","machine_alarm":false}'
+    hidden = b'{"state":"sensor_fault","detail":"silence","machine_alarm":true}'  # the alarm is still raised
+    assert [render(anomaly["value_template"], p) for p in (anomalous, faulty, hidden)] == ["ON", "OFF", "ON"]
+    assert [render(fault["value_template"], p) for p in (anomalous, faulty, hidden)] == ["OFF", "ON", "ON"]
     assert render(score["value_template"], b'{"window_score":1.5}') == "1.5"
 
     ha = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="home-assistant")

@@ -217,8 +217,8 @@ def test_fault_alarm_end_to_end_with_systemd_notify_and_clean_stop(
     assert sensor[0]["event"] == "raised" and sensor[0]["reason"].startswith("silence")
     assert sensor[0]["audio_time"] > cleared["audio_time"]
     assert "detector_scores" not in sensor[0]  # the sound of a dead microphone, not the machine's
-    states = [m.json()["state"] for m in subscriber.on("humwatch/pump1/state")]
-    assert states[-4:] == ["normal", "anomaly", "normal", "sensor_fault"]
+    states = [(m.json()["state"], m.json()["machine_alarm"]) for m in subscriber.on("humwatch/pump1/state")]
+    assert states[-4:] == [("normal", False), ("anomaly", True), ("normal", False), ("sensor_fault", False)]
     status = [m.text for m in subscriber.on("humwatch/pump1/status")]
     assert status[0] == "online" and status[-1] == "offline"
 
