@@ -246,6 +246,7 @@ def _stop_on_stall(stop: threading.Event, heard: threading.Event) -> None:
 
 def meter_line(elapsed_s: float, total_s: float, level: float) -> str:
     """`recording 01:23 / 05:00  level -23 dBFS ▮▮▮▮▮▯▯▯`"""
-    filled = int(np.clip((level - METER_FLOOR_DBFS) / (-METER_FLOOR_DBFS / METER_CELLS), 0, METER_CELLS))
-    return (f"recording {_mmss(elapsed_s)} / {_mmss(total_s)}  level {max(level, -99.0):3.0f} dBFS "
+    shown = round(max(level, -99.0))  # the cells follow the number shown, so -40 always draws the same
+    filled = int(np.clip((shown - METER_FLOOR_DBFS) / (-METER_FLOOR_DBFS / METER_CELLS), 0, METER_CELLS))
+    return (f"recording {_mmss(elapsed_s)} / {_mmss(total_s)}  level {shown:3d} dBFS "
             f"{'▮' * filled}{'▯' * (METER_CELLS - filled)}")

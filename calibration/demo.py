@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 from scipy.io import wavfile
 
 from agent.config import parse_config
+from agent.durable import refuse_unwritable
 from agent.errors import HumwatchError
 from agent.paths import default_model
 from agent.service import Agent
@@ -59,17 +60,32 @@ def run(args: argparse.Namespace) -> int:
     if not model.exists():
         raise HumwatchError(f"{model}: no feature extractor; convert one first with "
                             "`humwatch convert --arch squeezenet1_1` (scripts/setup does this)")
-    if args.broker is None and shutil.which("mosquitto") is None:  # before minutes of calibration, not after
+    # Everything that can fail is checked before the synthesis and the calibration, not after them.
+    broker = _reachable_broker(args.broker) if args.broker else None
+    if broker is None and shutil.which("mosquitto") is None:
         raise HumwatchError("mosquitto is not installed: `sudo apt-get install mosquitto` "
                             "(or point the demo at a broker with --broker HOST:PORT)")
     if args.workdir:
+        refuse_unwritable(f"--workdir {args.workdir}", args.workdir)
         args.workdir.mkdir(parents=True, exist_ok=True)
-        return _demo(model, args.workdir, args.broker, args.realtime)
+        return _demo(model, args.workdir, broker, args.realtime)
     with tempfile.TemporaryDirectory(prefix="humwatch-demo-") as workdir:
-        return _demo(model, pathlib.Path(workdir), args.broker, args.realtime)
+        return _demo(model, pathlib.Path(workdir), broker, args.realtime)
 
 
-def _demo(model: pathlib.Path, workdir: pathlib.Path, broker: str | None, realtime: bool) -> int:
+def _reachable_broker(address: str) -> tuple[str, int]:
+    """--broker HOST:PORT, parsed and tried once."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise HumwatchError(f"--broker {address!r}: expected HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise HumwatchError(f"--broker {address}: cannot connect ({exc.strerror or exc})") from None
+    return host, int(port)
+
+
+def _demo(model: pathlib.Path, workdir: pathlib.Path, broker: tuple[str, int] | None, realtime: bool) -> int:
     say(f"humwatch demo: a synthetic pump, model {model.name}, working folder {workdir}")
     say(f"1/4 synthesising {CALIBRATION_CLIPS * 10 / 60:.0f} minutes of a healthy pump (synthetic sound)")
     blocks = [block for i in range(CALIBRATION_CLIPS)
@@ -166,12 +182,9 @@ class _Subscriber:
 
 
 @contextmanager
-def _broker(address: str | None, workdir: pathlib.Path) -> Iterator[tuple[str, int]]:
+def _broker(address: tuple[str, int] | None, workdir: pathlib.Path) -> Iterator[tuple[str, int]]:
     if address:
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise HumwatchError(f"--broker {address!r}: expected HOST:PORT")
-        yield host, int(port)
+        yield address
         return
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -332,6 +332,7 @@ def test_a_long_recording_is_cut_into_blocks_and_named_by_time():
 def test_the_level_meter_line():
     assert meter_line(83, 300, -23.4) == "recording 01:23 / 05:00  level -23 dBFS ▮▮▮▮▮▯▯▯"
     assert meter_line(0, 60, -200) == "recording 00:00 / 01:00  level -99 dBFS ▯▯▯▯▯▯▯▯"
+    assert meter_line(1, 60, -40.4) == meter_line(1, 60, -39.6)  # one number shown, one drawing
 
 
 # ---- the threshold method ----

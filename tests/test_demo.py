@@ -30,3 +30,15 @@ def test_demo_without_mosquitto_says_what_is_missing(squeezenet_int8, tmp_path, 
     monkeypatch.setattr(shutil, "which", lambda name: None if name == "mosquitto" else real_which(name))
     assert main(["demo", "--model", str(squeezenet_int8), "--workdir", str(tmp_path)]) == 2
     assert "mosquitto is not installed" in capsys.readouterr().err
+
+
+def test_demo_checks_its_broker_and_folder_before_any_work(squeezenet_int8, tmp_path, capsys):
+    from tests.plugins.broker import free_port
+
+    (tmp_path / "a-file").write_text("")
+    for options, message in [(["--broker", "localhost"], "--broker 'localhost': expected HOST:PORT"),
+                             (["--broker", f"127.0.0.1:{free_port()}"], "cannot connect (Connection refused)"),
+                             (["--workdir", str(tmp_path / "a-file")], "is a file, not a folder")]:
+        assert main(["demo", "--model", str(squeezenet_int8), *options]) == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and "1/4" not in captured.out, captured  # nothing was synthesised
