@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from agent.errors import ConfigError, ModelError
 from agent.paths import data_dir
-from agent.publish import MqttSettings
+from agent.publish import TOML_NAMES, MqttSettings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # safe as one MQTT topic level and a file name
 
@@ -95,7 +95,8 @@ class SensorConfig:
                                      check=_positive)
     clipping_fraction: float = setting(0.01, doc="share of samples at full scale that counts as clipping",
                                        check=lambda v: None if 0 < v <= 1 else "must be above 0 and at most 1")
-    clipping_seconds: float = setting(2.0, doc="clipping lasting this long is a sensor fault", check=_positive)
+    clipping_seconds: float = setting(2.0, doc="span of audio over which that share is measured",
+                                       check=_positive)
     stall_seconds: float = setting(3.0, doc="no audio for this long is a sensor fault (capture stalled)",
                                    check=_positive)
 
@@ -273,7 +274,7 @@ def reference() -> str:
     lines = []
     for name, cls in SECTIONS.items():
         if cls is MqttSettings:
-            lines += ["`[mqtt]` and `[mqtt.tls]`: see *MQTT topics and payloads*.", ""]
+            lines += [_mqtt_keys(), ""]
             continue
         lines += [f"`[{name}]`{' (required)' if name in REQUIRED_SECTIONS else ''}", "",
                   "| key | default | meaning |", "|---|---|---|"]
@@ -284,6 +285,16 @@ def reference() -> str:
             lines.append(f"| `{f.name}` | {default} | {f.metadata.get('doc', '')} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _mqtt_keys() -> str:
+    """The [mqtt] and [mqtt.tls] keys with their defaults (their meaning: README, *MQTT topics and payloads*)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(MqttSettings)}
+    keys = [f"`{toml.removeprefix('mqtt.')}` ({_toml(defaults[name])})" for name, toml in TOML_NAMES.items()
+            if name != "tls"]
+    return ("`[mqtt]` and `[mqtt.tls]` keys (default): " + ", ".join(keys)
+            + "; an unset port is 1883, or 8883 with TLS (on when a `[mqtt.tls]` table is present). Meanings: "
+            "README, *MQTT topics and payloads*.")
 
 
 def _toml(value: Any) -> str:
@@ -297,13 +308,18 @@ def _toml(value: Any) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", type=pathlib.Path, help="the TOML configuration file to check")
+    parser.add_argument("file", type=pathlib.Path, nargs="?", help="the TOML configuration file to check")
     parser.add_argument("--reference", action="store_true", help="also print the reference of every setting")
 
 
 def run(args: argparse.Namespace) -> int:
     from agent.bundle import Bundle
 
+    if args.file is None:
+        if not args.reference:
+            raise ConfigError("give the configuration FILE to check (or --reference for the table of settings)")
+        sys.stdout.write(reference())
+        return 0
     config = load_config(args.file)
     print(f"{args.file}: OK (machine {config.machine.name!r}, audio from {config.audio.source}, "
           f"bundle {config.model.bundle}, broker {config.mqtt.host}:{config.mqtt.resolved_port})")

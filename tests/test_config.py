@@ -145,6 +145,15 @@ def test_check_config_command(tmp_path):
     assert len(lines) == 2 and "model.threads" in lines[0] and "alarm.clear_after" in lines[1]
 
 
+def test_the_reference_needs_no_file_and_names_every_key():
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "check-config", "--reference"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and "| `clipping_seconds` | `2.0` | span of audio over which" in done.stdout
+    assert "`keepalive` (`60`)" in done.stdout and "`tls.ca_file` (unset)" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "check-config"], capture_output=True, text=True)
+    assert done.returncode == 2 and "give the configuration FILE to check" in done.stderr
+
+
 def test_the_shipped_example_config_is_valid():
     example = pathlib.Path(__file__).resolve().parents[1] / "agent" / "humwatch.example.toml"
     config = load_config(example)
