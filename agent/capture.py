@@ -30,6 +30,7 @@ RING_SECONDS = 4.0  # audio the ring buffer holds before it drops (the analysis 
 FILE_CHUNK = 4096  # samples per chunk of a replayed file (0.256 s)
 _READ_TIMEOUT = 0.25  # how often a waiting reader looks at the stop event
 CLOSE_TIMEOUT = 2.0  # seconds closing the device may take before it is given up on
+OVERFLOW_REPORT_EVERY = 10.0  # seconds between overflow warnings: a device in trouble must not flood the journal
 
 
 class AudioSource(Protocol):
@@ -221,15 +222,16 @@ class DeviceSource:
         if self._stream is None:
             self.open()
         resampler = StreamResampler(self.rate) if self.rate != SAMPLE_RATE else None
-        reported = 0
+        reported, reported_at = 0, -float("inf")
         try:
             while not self.stop.is_set():
                 frames = self._ring.read(_READ_TIMEOUT)
-                if self.overflows != reported:
+                now = time.monotonic()
+                if self.overflows != reported and now - reported_at >= OVERFLOW_REPORT_EVERY:
                     log.warning("audio overflow: %d callbacks lost audio so far (%d device overflows, %d frames "
                                 "dropped because the analysis fell behind)", self.overflows, self.input_overflows,
                                 self.dropped_frames)
-                    reported = self.overflows
+                    reported, reported_at = self.overflows, now
                 if frames is None:
                     if self._stream is not None and not self._stream.is_active() and not self.stop.is_set():
                         raise AudioError(f"audio device {self._name!r}: the input stream stopped")

@@ -111,3 +111,20 @@ def test_stream_resampler_matches_resampling_the_whole_signal(rate):
     want = resample_poly(x, 16000 // g, rate // g)
     assert len(want) - 20 <= len(y) <= len(want)
     np.testing.assert_allclose(y, want[: len(y)], atol=1e-6)
+
+
+def test_overflow_warnings_are_at_most_one_per_interval(alsa_device, caplog):
+    import pyaudio
+
+    device = alsa_device(speed=4.0)
+    device.play(np.zeros(16000 * 4, np.int16))
+    source = DeviceSource(threading.Event(), device=device.name)
+    chunks = 0
+    with caplog.at_level("WARNING", logger="agent.capture"):
+        for _ in source:  # a device in trouble: every chunk comes with an overflow
+            source._callback(np.zeros(1024, np.int16).tobytes(), 1024, {}, pyaudio.paInputOverflow)
+            chunks += 1
+            if chunks == 20:
+                source.stop.set()
+    warnings = [r for r in caplog.records if "audio overflow" in r.getMessage()]
+    assert source.overflows >= 19 and len(warnings) == 1, [r.getMessage() for r in warnings]
