@@ -214,7 +214,8 @@ class Analysis:
 
     def status_line(self) -> str:
         score = "none yet" if self.last_window_score is None else f"{self.last_window_score:.3g}"
-        return (f"{self.state}; window score {score} (threshold {self.policy.threshold_high:.3g}); "
+        faults = f" ({', '.join(sorted(self.health.faults))})" if self.health.faults else ""
+        return (f"{self.state}{faults}; window score {score} (threshold {self.policy.threshold_high:.3g}); "
                 f"pending alarms {self.publisher.pending_alarms()}; overflows {self.source.overflows}; "
                 f"mqtt {'connected' if self.publisher.connected else 'not connected'}")
 

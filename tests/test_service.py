@@ -235,6 +235,7 @@ def test_fault_alarm_end_to_end_with_systemd_notify_and_clean_stop(
     assert notify.lines.index("READY=1") < notify.lines.index("WATCHDOG=1")
     assert any(re.match(r"STATUS=\w+; window score [-0-9.e]+ \(threshold [-0-9.e]+\); pending alarms \d+; "
                         r"overflows \d+; mqtt connected", line) for line in notify.lines), notify.lines
+    assert any(line.startswith("STATUS=sensor_fault (silence); window score") for line in notify.lines)
 
 
 def test_stalled_device_is_a_sensor_fault_and_does_not_block_the_stop(
