@@ -34,8 +34,8 @@ from calibration.candidates import CANDIDATES, CNN, PARTS, Candidate, Part, fit_
 from calibration.collect import named_as_anomaly
 from calibration.detectors import FittedDetector
 from calibration.faults import FAULT_KINDS, fault_grid, inject
-from calibration.threshold import (DEFAULT_FALSE_ALARMS_PER_DAY, HELDOUT_EVERY, choose_threshold,
-                                  heldout_mask)
+from calibration.threshold import (DEFAULT_FALSE_ALARMS_PER_DAY, HELDOUT_EVERY, MIN_THRESHOLD_SCORES,
+                                  choose_threshold, heldout_mask)
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,6 @@ def preset_uses_cnn(preset: str) -> bool:
 MAX_FAULT_CLIPS = 30
 # Samples of one window: WINDOW_PATCHES patches of PATCH_FRAMES frames, hop PATCH_HOP_FRAMES (~9.7 s).
 WINDOW_SAMPLES = (WINDOW_PATCHES - 1) * PATCH_HOP_SAMPLES + FIRST_PATCH_SAMPLES
-# Held-out clips the least a choice among candidates can rest on: a threshold needs two held-out windows.
-MIN_HELDOUT_CLIPS = 2
 
 
 @dataclass(frozen=True)
@@ -278,10 +276,10 @@ def choose_from_files(paths: Sequence[Path], extractor_sha256: str | None = None
         else:
             clips.append(NormalClip(np.empty(0, np.float32), *clip_features(path)))
     held = heldout_mask([len(c.db) for c in clips])
-    if held.sum() < MIN_HELDOUT_CLIPS:
+    if held.sum() < MIN_THRESHOLD_SCORES:  # a clip of 10 s or more holds at least one window
         raise ConfigError(f"{Path(paths[0]).parent}: {len(clips)} normal training clips; choosing a pipeline needs "
-                          f"at least {MIN_HELDOUT_CLIPS * HELDOUT_EVERY} of 10 s or more (one in {HELDOUT_EVERY} is "
-                          f"held out, and a threshold needs {MIN_HELDOUT_CLIPS} held-out windows)")
+                          f"at least {MIN_THRESHOLD_SCORES * HELDOUT_EVERY} of 10 s or more (one in {HELDOUT_EVERY} is "
+                          f"held out, and a threshold needs {MIN_THRESHOLD_SCORES} held-out windows)")
     if clip_features is not None:
         for path, clip, h in zip(map(Path, paths), clips, held):
             if h:

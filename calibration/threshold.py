@@ -32,6 +32,7 @@ from agent.spec import PATCH_SECONDS, WINDOW_PATCHES
 
 SECONDS_PER_DAY = 86_400.0
 HELDOUT_EVERY = 4  # one block in four is held out for the threshold
+MIN_THRESHOLD_SCORES = 2  # the least a threshold can be computed from (a spread needs two)
 MIN_HELDOUT_WINDOWS = 6  # fewer independent held-out windows say too little about the normal spread
 DEFAULT_FALSE_ALARMS_PER_DAY = 1.0 / 7.0
 TAIL_FRACTION = 0.15
@@ -89,8 +90,8 @@ def choose_threshold(window_scores: np.ndarray, independent_windows: int,
     threshold at or above it could never fire, so it is then set halfway between the held-out maximum and it.
     """
     scores = np.asarray(window_scores, dtype=np.float64).ravel()
-    if scores.size < 2 or not np.all(np.isfinite(scores)):
-        raise ValueError(f"need at least 2 finite held-out window scores, got {scores.size}")
+    if scores.size < MIN_THRESHOLD_SCORES or not np.all(np.isfinite(scores)):
+        raise ValueError(f"need at least {MIN_THRESHOLD_SCORES} finite held-out window scores, got {scores.size}")
     if not false_alarms_per_day > 0:
         raise ValueError(f"the false-alarm rate must be positive, not {false_alarms_per_day}")
     per_day = decisions_per_day()
