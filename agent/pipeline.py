@@ -108,6 +108,7 @@ class Pipeline:
         self.scorer = scorer or PatchScorer(bundle, num_threads)
         self.front_end = FrontEnd(bundle.frontend)
         self._window: deque[np.ndarray] = deque(maxlen=bundle.window_patches)  # per-detector patch scores
+        self._names = [entry.name for entry in bundle.detectors]
 
     def reset(self) -> None:
         self.front_end.reset()
@@ -118,7 +119,6 @@ class Pipeline:
         if len(batch) == 0:
             return []
         results = []
-        names = [entry.name for entry in self.bundle.detectors]
         for end, scores in zip(batch.end_samples, self.scorer.score(batch)):
             self._window.append(scores)
             seconds = float(end) / SAMPLE_RATE
@@ -127,5 +127,5 @@ class Pipeline:
                 continue
             readings = window_readings(np.mean(self._window, axis=0)[None], self.bundle.detectors)
             results.append(PatchScore(time=seconds, window_score=float(fuse(readings, self.bundle.fusion)[0]),
-                                      readings=dict(zip(names, readings[0].tolist()))))
+                                      readings=dict(zip(self._names, readings[0].tolist()))))
         return results
