@@ -181,7 +181,7 @@ def write_bundle(link: str | os.PathLike, manifest: dict, fill: Callable[[pathli
     creation time and the previous version's id here. Returns the new version directory.
     """
     link = pathlib.Path(link)
-    versions = _versions_dir(link)
+    versions = versions_dir(link)
     versions.mkdir(parents=True, exist_ok=True)
     for leftover in versions.glob(".*.partial"):  # from a calibration killed mid-write
         shutil.rmtree(leftover, ignore_errors=True)
@@ -223,9 +223,9 @@ def rollback(link: str | os.PathLike) -> pathlib.Path:
     try:
         previous = json.loads((current / MANIFEST).read_text()).get("previous")
     except (OSError, ValueError, AttributeError):
-        kept = _finished_versions(_versions_dir(link))
+        kept = _finished_versions(versions_dir(link))
         previous = next((p.name for p in kept if p.name != current.name), None)
-    target = _versions_dir(link) / str(previous)
+    target = versions_dir(link) / str(previous)
     if not previous or not (target / MANIFEST).exists():
         raise ModelError(f"{link}: no previous bundle is kept to roll back to")
     Bundle.load(target)
@@ -237,7 +237,8 @@ def current_version(link: pathlib.Path) -> pathlib.Path | None:
     return link.resolve() if link.is_symlink() and link.exists() else None
 
 
-def _versions_dir(link: pathlib.Path) -> pathlib.Path:
+def versions_dir(link: pathlib.Path) -> pathlib.Path:
+    """Where the versions of the bundle at `link` live (the link points into it)."""
     return link.with_name(link.name + ".versions")
 
 

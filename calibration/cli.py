@@ -9,6 +9,7 @@ import argparse
 import logging
 import pathlib
 
+from agent.bundle import versions_dir
 from agent.durable import refuse_unwritable
 from agent.errors import ConfigError
 from agent.paths import default_model
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     out = _bundle_path(args.out, config, machine)
     if args.rollback:
         return _rollback(args, out)
-    for folder in (out.absolute().parent, out.absolute().with_name(out.name + ".versions")):  # link, versions
+    for folder in (out.absolute().parent, versions_dir(out.absolute())):  # where the link and the versions go
         refuse_unwritable(f"--out {out}" if args.out else f"bundle path {out}", folder)
     if args.report_dir is not None:
         refuse_unwritable(f"--report-dir {args.report_dir}", args.report_dir)
