@@ -18,6 +18,7 @@ from typing import Iterable, TextIO
 import numpy as np
 
 from agent.audio import read_wav
+from agent.config import SensorConfig
 from agent.errors import AudioError
 from agent.mel import mel_db
 from agent.spec import SAMPLE_RATE
@@ -195,7 +196,7 @@ def _mmss(seconds: float) -> str:
 
 METER_CELLS = 8
 METER_FLOOR_DBFS = -64.0  # the empty meter; each cell is 8 dB
-RECORD_STALL_SECONDS = 3.0  # no audio for this long: the device delivers nothing (the agent's stall_seconds)
+RECORD_STALL_SECONDS = SensorConfig().stall_seconds  # no audio this long: the device delivers nothing, as for the agent
 
 
 def record(minutes: float, device: int | str | None = None, rate: int = SAMPLE_RATE, channels: int = 1,
