@@ -352,13 +352,14 @@ def _faulted_windows(selection: Selection, usable: list[Candidate], heldout: lis
     several clips and every clip carries several faults when the budget allows.
     """
     order = np.random.default_rng(seed).permutation(len(heldout))
+    parts = _parts_of(usable)
+    embedder = extractor if any(c.uses_cnn() for c in usable) else None
     out = []
     for i in range(min(budget, max(len(injections), 1) * len(heldout))):
         injection = injections[i % len(injections)]
         source = heldout[order[(i + i // len(heldout)) % len(heldout)]]
-        samples = injection.apply(source.samples[:WINDOW_SAMPLES])
-        copy = prepare_clip(samples, extractor if any(c.uses_cnn() for c in usable) else None, params)
-        raw = _raw_scores(selection.fitted, _parts_of(usable), copy)
+        copy = prepare_clip(injection.apply(source.samples[:WINDOW_SAMPLES]), embedder, params)
+        raw = _raw_scores(selection.fitted, parts, copy)
         out.append((injection.label, {k: v[:1] for k, v in _windows(selection, usable, raw).items()}))
     return out
 
