@@ -53,6 +53,15 @@ class DetectorEntry:
 
 
 @dataclass(frozen=True)
+class TimingEntry:
+    """The bundle's timing detector (agent.timing): its file, and how many held-out standard deviations from normal
+    timing a window must be before its distance adds to the fused score."""
+
+    file: str
+    gate: float
+
+
+@dataclass(frozen=True)
 class Bundle:
     path: pathlib.Path  # the resolved version directory
     id: str
@@ -66,6 +75,7 @@ class Bundle:
     threshold_low: float
     extractor_sha256: str | None
     manifest: dict
+    timing: TimingEntry | None = None
 
     @property
     def extractor_path(self) -> pathlib.Path | None:
@@ -76,7 +86,7 @@ class Bundle:
         """Short identifiers an alarm carries so a subscriber knows which model judged."""
         return {"bundle": self.id, "extractor": (self.extractor_sha256 or "none")[:12],
                 "detectors": [d.kind + ("" if d.feature_source == "cnn" else f"@{d.feature_source}")
-                              for d in self.detectors]}
+                              for d in self.detectors] + ([TIMING_NAME] if self.timing else [])}
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Bundle":
@@ -153,13 +163,32 @@ class Bundle:
         window = field("window_patches", int, WINDOW_PATCHES)
         if window < 1:
             raise ModelError(f"{where}: window_patches must be at least 1")
+        timing = _timing_entry(m.get("timing"), where, entries)
+        if timing is not None and window != WINDOW_PATCHES:
+            raise ModelError(f"{where}: the timing detector reads windows of {WINDOW_PATCHES} patches, not {window}")
         return cls(path=root, id=field("id", str), machine=field("machine", str, ""), frontend=frontend,
                    detectors=tuple(entries), fusion=fusion, patch_score_cap=None if cap is None else float(cap),
                    window_patches=window, threshold_high=float(high), threshold_low=float(low),
-                   extractor_sha256=extractor_sha, manifest=m)
+                   extractor_sha256=extractor_sha, manifest=m, timing=timing)
 
 
 _ENTRY_NUMBERS = ("score_mean", "score_std", "window_centre")
+TIMING_NAME = "timing"  # the timing detector's reading in alarms and logs
+
+
+def _timing_entry(section, where: pathlib.Path, entries: list[DetectorEntry]) -> TimingEntry | None:
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise ModelError(f"{where}: timing must be an object or null")
+    file, gate = section.get("file"), section.get("gate")
+    if not isinstance(file, str) or not file or pathlib.PurePath(file).name != file:
+        raise ModelError(f"{where}: timing.file must be a file name inside the bundle")
+    if not (_is_number(gate) and math.isfinite(gate) and gate >= 0):
+        raise ModelError(f"{where}: timing.gate must be a number of at least 0, not {gate!r}")
+    if any(e.name == TIMING_NAME for e in entries):
+        raise ModelError(f"{where}: a detector is named {TIMING_NAME!r}, the name of the timing reading")
+    return TimingEntry(file, float(gate))
 
 
 def _is_number(value) -> bool:

@@ -9,12 +9,13 @@ from typing import Sequence
 
 import numpy as np
 
-from agent.bundle import Bundle, DetectorEntry
+from agent.bundle import TIMING_NAME, Bundle, DetectorEntry
 from agent.errors import ModelError
 from agent.frames import frame_dim, frame_patch_scores
 from agent.frontend import FrontEnd, PatchBatch
 from agent.scorers import Detector, load_detector
 from agent.spec import SAMPLE_RATE, logmel_extractor_sha256
+from agent.timing import StreamProfiles, TimingModel
 
 
 class PatchScorer:
@@ -91,6 +92,12 @@ def fuse(readings: np.ndarray, fusion: str) -> np.ndarray:
     return readings.max(axis=1) if fusion == "max" else readings.mean(axis=1)
 
 
+def add_timing(fused: np.ndarray, timing: np.ndarray, gate: float) -> np.ndarray:
+    """Fused window scores plus the timing detector's distance from normal beyond `gate`: a window at the wrong
+    speed or pace alarms however normal its spectrum sounds, and normal timing leaves the fused score alone."""
+    return fused + np.maximum(0.0, timing - gate)
+
+
 @dataclass(frozen=True)
 class PatchScore:
     time: float  # seconds of stream audio consumed when the patch completed
@@ -109,23 +116,32 @@ class Pipeline:
         self.front_end = FrontEnd(bundle.frontend)
         self._window: deque[np.ndarray] = deque(maxlen=bundle.window_patches)  # per-detector patch scores
         self._names = [entry.name for entry in bundle.detectors]
+        self.timing = TimingModel.load(bundle.path / bundle.timing.file) if bundle.timing else None
+        self._profiles = StreamProfiles()
 
     def reset(self) -> None:
         self.front_end.reset()
         self._window.clear()
+        self._profiles.reset()
 
     def push(self, samples: np.ndarray) -> list[PatchScore]:
         batch = self.front_end.push(samples)
+        profiles = self._profiles.push(samples, batch.end_samples) if self.timing else [None] * len(batch)
         if len(batch) == 0:
             return []
         results = []
-        for end, scores in zip(batch.end_samples, self.scorer.score(batch)):
+        for end, scores, profile in zip(batch.end_samples, self.scorer.score(batch), profiles):
             self._window.append(scores)
             seconds = float(end) / SAMPLE_RATE
             if len(self._window) < self._window.maxlen:
                 results.append(PatchScore(time=seconds, window_score=None))
                 continue
             readings = window_readings(np.mean(self._window, axis=0)[None], self.bundle.detectors)
-            results.append(PatchScore(time=seconds, window_score=float(fuse(readings, self.bundle.fusion)[0]),
-                                      readings=dict(zip(self._names, readings[0].tolist()))))
+            score = fuse(readings, self.bundle.fusion)
+            named = dict(zip(self._names, readings[0].tolist()))
+            if profile is not None:
+                timing = self.timing.score(profile)
+                score = add_timing(score, timing, self.bundle.timing.gate)
+                named[TIMING_NAME] = float(timing[0])
+            results.append(PatchScore(time=seconds, window_score=float(score[0]), readings=named))
         return results

@@ -30,6 +30,8 @@ PATCH_SECONDS = PATCH_HOP_SAMPLES / SAMPLE_RATE  # a new patch every 0.512 s
 # center=True) and its window reaches N_FFT/2 beyond.
 FIRST_PATCH_SAMPLES = (PATCH_FRAMES - 1) * HOP_LENGTH + N_FFT // 2
 WINDOW_PATCHES = 18  # patches in a 10 s window, as the paper mean-pools them
+# Stream samples of one window (9.7 s), from its first sample to the end of its last patch.
+WINDOW_SAMPLES = (WINDOW_PATCHES - 1) * PATCH_HOP_SAMPLES + FIRST_PATCH_SAMPLES
 
 # The model's input is the 64x64 viridis image as uint8 RGB (rows: high to low frequency, columns: time).
 # Its first ops resize it to 224x224 (bilinear) and apply ImageNet normalisation.

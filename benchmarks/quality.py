@@ -41,7 +41,7 @@ from agent.frontend import images_from_db  # noqa: E402
 from agent.spec import WINDOW_PATCHES, FrontEndParams  # noqa: E402
 from calibration.candidates import CANDIDATES, CNN, Part, fit_part, score_part  # noqa: E402
 from calibration.faults import fault_grid, inject  # noqa: E402
-from calibration.selection import NormalClip, choose_from_files, leaves_default, prepare_clip  # noqa: E402
+from calibration.selection import NormalClip, cached_clip, choose_from_files, leaves_default, prepare_clip  # noqa: E402
 from calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY, choose_threshold, heldout_mask  # noqa: E402
 from evaluation.cache import FeatureCache  # noqa: E402
 from evaluation.datasets import MachineClips, find_machines  # noqa: E402
@@ -57,7 +57,8 @@ CONFIGS = {  # name -> (model file stem, scaling)
     "sq11-int8-fixed": ("squeezenet1_1-int8", "calibrated"),
 }
 MAIN = "sq11-int8"
-SECONDARY_CANDIDATES = ("paper", "cnn-pca-gmm", "logmel-gmm", "logmel-sd", "fusion", "fusion-max", "fusion-2s")
+SECONDARY_CANDIDATES = ("paper", "cnn-pca-gmm", "logmel-gmm", "logmel-sd", "fusion", "fusion-max", "fusion-2s",
+                        "fusion-timing")
 VARIANTS = (  # measured on the main configuration only
     Part("pca64-gmm-bic", "gmm", CNN, pca_components=64, bic_components=(1, 2, 4, 8, 16)),
     Part("pca64w-gmm8", "gmm", CNN, pca_components=64, pca_whiten=True, overrides=(("n_components", 8),)),
@@ -116,8 +117,8 @@ class Features:
         return self.db(path), self.cnn(path)
 
     def clip(self, path: pathlib.Path) -> NormalClip:
-        """A clip for scoring: its cached features (the samples are not needed)."""
-        return NormalClip(np.empty(0, np.float32), *self.features(path))
+        """A clip for scoring: its cached features, and its timing profiles from the file."""
+        return cached_clip(path, 0, self.features(path))
 
 
 def measure_machine(machine: MachineClips, feats: Features, config: str, seeds: list[int], max_test: int,

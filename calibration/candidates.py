@@ -18,7 +18,10 @@ candidates reuse the CNN and log-Mel parts), so each part is fitted and scored o
                largest).
 - fusion-2s:   fusion with the dynamics GMM read two-sided: a window scores the distance of its mean from the normal
                centre, so a sound *steadier* than normal (a clogged pump, a leak's steady hiss) counts as well; a
-               likelihood alone calls it more normal than normal. The default (calibration.selection).
+               likelihood alone calls it more normal than normal.
+- fusion-timing: fusion-2s plus the timing detector (agent.timing): the shaft speed and the cycle period of a window
+               against normal; beyond 4 held-out standard deviations its distance adds to the fused score. The
+               default (calibration.selection).
 """
 from __future__ import annotations
 
@@ -77,6 +80,7 @@ class Candidate:
     parts: tuple[str, ...]
     fusion: str = "mean"
     patch_score_cap: float | None = None  # see agent.pipeline.limit
+    timing: bool = False  # the timing detector adds to the fused score (agent.pipeline.add_timing)
 
     def uses_cnn(self) -> bool:
         return any(PARTS[p].feature_source == CNN for p in self.parts)
@@ -100,6 +104,8 @@ CANDIDATES = {c.name: c for c in (
     Candidate("fusion", ("cnn-gmm80", "logmel-gmm", "logmel-dynamics-gmm"), "mean", FUSION_PATCH_SCORE_CAP),
     Candidate("fusion-max", ("cnn-gmm80", "logmel-gmm", "logmel-dynamics-gmm"), "max", FUSION_PATCH_SCORE_CAP),
     Candidate("fusion-2s", ("cnn-gmm80", "logmel-gmm", "logmel-dynamics-gmm-2s"), "mean", FUSION_PATCH_SCORE_CAP),
+    Candidate("fusion-timing", ("cnn-gmm80", "logmel-gmm", "logmel-dynamics-gmm-2s"), "mean", FUSION_PATCH_SCORE_CAP,
+              timing=True),
 )}
 
 

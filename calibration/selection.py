@@ -27,12 +27,14 @@ from agent.audio import read_wav
 from agent.errors import ConfigError
 from agent.frontend import clip_patches
 from agent.bundle import DetectorEntry
-from agent.pipeline import fuse, limit, standardise, window_readings
+from agent.pipeline import add_timing, fuse, limit, standardise, window_readings
 from agent.scorers import window_mean
-from agent.spec import FIRST_PATCH_SAMPLES, PATCH_HOP_SAMPLES, WINDOW_PATCHES, FrontEndParams
+from agent.spec import WINDOW_PATCHES, WINDOW_SAMPLES, FrontEndParams
+from agent.timing import DEFAULT_GATE, Profiles, TimingModel, fit_timing, window_ends, window_profiles
 from calibration.candidates import CANDIDATES, CNN, PARTS, Candidate, Part, fit_part, score_part
 from calibration.collect import named_as_anomaly
 from calibration.detectors import FittedDetector
+from calibration.export import write_npz_atomic
 from calibration.faults import FAULT_KINDS, fault_grid, inject
 from calibration.threshold import (DEFAULT_FALSE_ALARMS_PER_DAY, HELDOUT_EVERY, MIN_THRESHOLD_SCORES,
                                   choose_threshold, heldout_mask)
@@ -48,7 +50,8 @@ log = logging.getLogger(__name__)
 # more synthetic faults at its own threshold: a share larger by DEFAULT_MARGIN and at least DEFAULT_RATIO times the
 # default's. A lead of a few of the 30 faulted windows is noise and switching on it measured worse than keeping the
 # default; a default that catches (almost) nothing at its operating point is blind on this machine.
-DEFAULT_CANDIDATE = "fusion-2s"
+DEFAULT_CANDIDATE = "fusion-timing"
+TIMING_FILE = "timing.npz"
 DEFAULT_MARGIN = 0.05
 DEFAULT_RATIO = 2.0
 # `humwatch calibrate --preset NAME`: "auto" chooses among every candidate; a candidate's name fits that one alone
@@ -63,8 +66,6 @@ def preset_uses_cnn(preset: str) -> bool:
 
 # Faulted windows per calibration: every fault of the default grid (5 kinds x 3 strengths) twice.
 MAX_FAULT_CLIPS = 30
-# Samples of one window: WINDOW_PATCHES patches of PATCH_FRAMES frames, hop PATCH_HOP_FRAMES (~9.7 s).
-WINDOW_SAMPLES = (WINDOW_PATCHES - 1) * PATCH_HOP_SAMPLES + FIRST_PATCH_SAMPLES
 
 
 @dataclass(frozen=True)
@@ -82,18 +83,30 @@ def default_injections(seed: int = 0) -> list[Injection]:
 
 @dataclass
 class NormalClip:
-    """One block of normal sound as every candidate sees it: samples, dB patches and (if a CNN is used) features."""
+    """One block of normal sound as every candidate sees it: samples, dB patches, (if a CNN is used) features, and
+    the timing profiles of its full windows (agent.timing)."""
 
     samples: np.ndarray
     db: np.ndarray
     cnn: np.ndarray | None
+    timing: Profiles
+
+
+def clip_timing(samples: np.ndarray) -> Profiles:
+    """The timing profiles of every full window of a clip, as the board's Pipeline computes them on a stream."""
+    return window_profiles(samples, window_ends(len(samples)))
+
+
+def cached_clip(path: Path, channel: int | str, features: tuple[np.ndarray, np.ndarray | None]) -> NormalClip:
+    """A clip for scoring from its cached (dB patches, CNN features); the timing profiles come from the file."""
+    return NormalClip(np.empty(0, np.float32), *features, clip_timing(read_wav(path, channel)))
 
 
 def prepare_clip(samples: np.ndarray, extractor, params: FrontEndParams) -> NormalClip:
     """Front end (and CNN, when `extractor` is given) of one block of 16 kHz mono samples."""
     batch = clip_patches(samples, params)
     cnn = extractor.embed(batch.images) if extractor is not None else None
-    return NormalClip(np.asarray(samples, dtype=np.float32), batch.db, cnn)
+    return NormalClip(np.asarray(samples, dtype=np.float32), batch.db, cnn, clip_timing(samples))
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,7 @@ class Selection:
     table: list[CandidateScore]
     fitted: dict[str, FittedDetector]  # part name -> detector fitted on the fitting clips
     entries: dict[str, DetectorEntry]  # part name -> its bundle entry: held-out normal mean and std, centre
+    timing: TimingModel | None = None  # fitted when a candidate uses it
     fault_clips: int = 0
     heldout_windows: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -130,13 +144,16 @@ class Selection:
 
     def manifest_fields(self) -> dict:
         """The bundle manifest's `detectors`, `fusion` and `patch_score_cap` for the chosen candidate (agent.bundle)."""
+        timing = {"file": TIMING_FILE, "gate": DEFAULT_GATE} if self.chosen.timing else None
         return {"fusion": self.fusion, "patch_score_cap": self.chosen.patch_score_cap,
-                "detectors": [asdict(self.entries[p]) for p in self.chosen.parts]}
+                "detectors": [asdict(self.entries[p]) for p in self.chosen.parts], "timing": timing}
 
     def fill(self, directory: Path) -> None:
         """Save the chosen candidate's detector files into a bundle directory (the `fill` of write_bundle)."""
         for file, p in {PARTS[p].file: p for p in self.chosen.parts}.items():
             self.fitted[p].save(Path(directory) / file)
+        if self.chosen.timing:
+            write_npz_atomic(Path(directory) / TIMING_FILE, self.timing.arrays())
 
     def detector_scores(self, clip: NormalClip, candidate: str | None = None) -> np.ndarray:
         """(patches, parts) standardised, limited patch scores of the chosen (or another fitted) candidate: the
@@ -146,18 +163,24 @@ class Selection:
 
     def window_scores(self, clip: NormalClip, candidate: str | None = None) -> np.ndarray:
         """The scores of every full window of the clip, as the board's Pipeline gives them on a stream."""
-        return self._fused(self._candidate(candidate), window_mean(self.detector_scores(clip, candidate)))
+        return self._fused(self._candidate(candidate), window_mean(self.detector_scores(clip, candidate)),
+                           clip.timing)
 
     def clip_score(self, clip: NormalClip, candidate: str | None = None) -> float:
         """One score for a whole clip, read as one window (a 10 s clip is one window: the paper's clip score)."""
         means = self.detector_scores(clip, candidate).mean(axis=0, keepdims=True)
-        return float(self._fused(self._candidate(candidate), means)[0])
+        return float(self._fused(self._candidate(candidate), means, clip.timing.take(slice(0, 1)))[0])
 
     def _candidate(self, name: str | None) -> Candidate:
         return CANDIDATES[name] if name else self.chosen
 
-    def _fused(self, candidate: Candidate, window_means: np.ndarray) -> np.ndarray:
-        return fuse(window_readings(window_means, [self.entries[p] for p in candidate.parts]), candidate.fusion)
+    def _fused(self, candidate: Candidate, window_means: np.ndarray, profiles: Profiles) -> np.ndarray:
+        """Window scores from the windows' detector means and timing profiles. A clip shorter than a window is one
+        window of patch means without a profile, so without a timing reading."""
+        fused = fuse(window_readings(window_means, [self.entries[p] for p in candidate.parts]), candidate.fusion)
+        if not candidate.timing or len(profiles) == 0:
+            return fused
+        return add_timing(fused, self.timing.score(profiles), DEFAULT_GATE)
 
     def score_ceiling(self, candidate: str | None = None) -> float | None:
         """The largest window score the chosen (or another fitted) candidate can give, or None if unbounded. An RBF
@@ -167,6 +190,8 @@ class Selection:
         below its centre, where patch scores have no bound."""
         chosen = self._candidate(candidate)
         ceilings = []
+        if chosen.timing:
+            return None  # the timing reading has no bound
         for part in chosen.parts:
             limits = [x for x in (self._ocsvm_ceiling(part), chosen.patch_score_cap) if x is not None]
             if not limits or self.entries[part].window_centre is not None:
@@ -234,13 +259,14 @@ def choose_pipeline(clips: Sequence[NormalClip], held: np.ndarray, extractor_sha
         if detector not in by_detector:
             by_detector[detector] = _fit(detector, fit_clips, extractor_sha256, seed)
     fitted = {p: by_detector[PARTS[p].detector] for p in parts}
+    timing = (fit_timing(Profiles.stack([c.timing for c in fit_clips]), Profiles.stack([c.timing for c in heldout]))
+              if any(c.timing for c in usable) else None)
     selection = Selection(chosen=usable[0], reason="the only candidate", default=default, margin=margin, ratio=ratio,
-                          table=[],
-                          fitted=fitted, entries={})
+                          table=[], fitted=fitted, entries={}, timing=timing)
     heldout_raw = [_raw_scores(fitted, parts, c) for c in heldout]
     for p in parts:
         selection.entries[p] = _entry(PARTS[p], [raw[p] for raw in heldout_raw])
-    normal = [_windows(selection, usable, raw) for raw in heldout_raw]
+    normal = [_windows(selection, usable, raw, c.timing) for raw, c in zip(heldout_raw, heldout)]
     selection.heldout_windows = sum(len(w[usable[0].name]) for w in normal)
     if len(usable) == 1:
         return selection
@@ -264,17 +290,13 @@ def choose_from_files(paths: Sequence[Path], extractor_sha256: str | None = None
     """`choose_pipeline` on normal recordings given as files (e.g. evaluation's training clips), one in four
     held out as calibration holds out its blocks. A file named as an anomaly (anomaly_*, abnormal_*, or in an
     abnormal/ or anomaly/ folder) is refused before anything is read. `clip_features(path) -> (dB patches, CNN
-    features)` lets a caller reuse cached features; the samples are read only for the held-out clips."""
+    features)` lets a caller reuse cached features; the samples are kept only for the held-out clips (the faults go into them)."""
     named = [p for p in map(Path, paths) if named_as_anomaly(p)]
     if named:
         raise ConfigError(f"{named[0]}: named as an anomaly; the pipeline is chosen from normal recordings only")
     params = params or FrontEndParams()
-    clips = []
-    for path in map(Path, paths):
-        if clip_features is None:
-            clips.append(prepare_clip(read_wav(path, channel), extractor, params))
-        else:
-            clips.append(NormalClip(np.empty(0, np.float32), *clip_features(path)))
+    clips = [prepare_clip(read_wav(path, channel), extractor, params) if clip_features is None
+             else cached_clip(path, channel, clip_features(path)) for path in map(Path, paths)]
     held = heldout_mask([len(c.db) for c in clips])
     if held.sum() < MIN_THRESHOLD_SCORES:  # a clip of 10 s or more holds at least one window
         raise ConfigError(f"{Path(paths[0]).parent}: {len(clips)} normal training clips; choosing a pipeline needs "
@@ -326,11 +348,13 @@ def _standardised(selection: Selection, raw: dict[str, np.ndarray]) -> dict[str,
     return {p: standardise(r, selection.entries[p]) for p, r in raw.items()}
 
 
-def _windows(selection: Selection, usable: list[Candidate], raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _windows(selection: Selection, usable: list[Candidate], raw: dict[str, np.ndarray],
+             profiles: Profiles) -> dict[str, np.ndarray]:
     """Per candidate: the scores of a clip's non-overlapping windows (a shorter clip is one window), from the
-    clip's raw patch scores of every part the candidates use."""
+    clip's raw patch scores of every part the candidates use and the timing profiles of its full windows."""
     scores = _standardised(selection, raw)
-    return {c.name: selection._fused(c, _window_means(_limited(c, scores))) for c in usable}
+    apart = profiles.take(slice(0, None, WINDOW_PATCHES))
+    return {c.name: selection._fused(c, _window_means(_limited(c, scores)), apart) for c in usable}
 
 
 def _parts_of(candidates: Sequence[Candidate]) -> list[str]:
@@ -360,7 +384,7 @@ def _faulted_windows(selection: Selection, usable: list[Candidate], heldout: lis
         source = heldout[order[(i + i // len(heldout)) % len(heldout)]]
         copy = prepare_clip(injection.apply(source.samples[:WINDOW_SAMPLES]), embedder, params)
         raw = _raw_scores(selection.fitted, parts, copy)
-        out.append((injection.label, {k: v[:1] for k, v in _windows(selection, usable, raw).items()}))
+        out.append((injection.label, {k: v[:1] for k, v in _windows(selection, usable, raw, copy.timing).items()}))
     return out
 
 

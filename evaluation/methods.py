@@ -71,9 +71,9 @@ class PresetMethod(Method):
                                            candidates=PRESETS[self.preset], seed=seed)
 
     def score_paths(self, paths: list[pathlib.Path], cache: FeatureCache) -> np.ndarray:
-        from calibration.selection import NormalClip
+        from calibration.selection import cached_clip
 
-        return np.array([self.selection.clip_score(NormalClip(np.empty(0, np.float32), *self._features(p, cache)))
+        return np.array([self.selection.clip_score(cached_clip(p, self.channel, self._features(p, cache)))
                          for p in paths])
 
 

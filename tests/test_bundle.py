@@ -192,6 +192,14 @@ def test_plain_directory_bundle_is_adopted(tmp_path, frame_detector):
     ({"fusion": "median"}, "fusion"),
     ({"patch_score_cap": 0}, "patch_score_cap"),
     ({"patch_score_cap": "10"}, "patch_score_cap"),
+    ({"timing": "timing.npz"}, "timing must be an object"),
+    ({"timing": {"file": "../timing.npz", "gate": 4.0}}, "timing.file must be a file name inside"),
+    ({"timing": {"file": "timing.npz", "gate": -1}}, "timing.gate must be a number of at least 0, not -1"),
+    ({"timing": {"file": "timing.npz", "gate": True}}, "timing.gate must be a number"),
+    ({"timing": {"file": "timing.npz", "gate": 4.0}, "window_patches": 9}, "reads windows of 18 patches, not 9"),
+    ({"timing": {"file": "timing.npz", "gate": 4.0},
+      "detectors": [{"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames", "name": "timing"}]},
+     "a detector is named 'timing'"),
 ])
 def test_damaged_manifests_are_refused_naming_the_field(tmp_path, frame_detector, change, message):
     version = write(tmp_path / "bundle", frame_detector)

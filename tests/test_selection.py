@@ -96,7 +96,7 @@ def test_a_single_candidate_is_fitted_without_faults(clips, held, extractor):
     assert selection.chosen.name == "paper" and selection.fault_clips == 0 and selection.table == []
 
 
-@pytest.mark.parametrize("candidate", ["fusion-2s", "logmel-gmm"])
+@pytest.mark.parametrize("candidate", ["fusion-timing", "fusion-2s", "logmel-gmm"])
 def test_the_chosen_pipeline_is_a_bundle_the_agent_scores_identically(clips, held, extractor, squeezenet_int8,
                                                                       tmp_path, candidate):
     selection = choose(clips, held, extractor, candidates=(candidate,))
@@ -108,7 +108,9 @@ def test_the_chosen_pipeline_is_a_bundle_the_agent_scores_identically(clips, hel
                            extractor=squeezenet_int8 if selection.uses_cnn else None)
     bundle = Bundle.load(tmp_path / "bundle")
     assert [d.file for d in bundle.detectors] == [d["file"] for d in manifest["detectors"]]
-    assert sorted(p.name for p in version.glob("*.npz")) == sorted({d.file for d in bundle.detectors})
+    timing = ["timing.npz"] if candidate == "fusion-timing" else []
+    assert (bundle.timing is not None) == bool(timing)
+    assert sorted(p.name for p in version.glob("*.npz")) == sorted({d.file for d in bundle.detectors} | set(timing))
     assert (bundle.extractor_path is None) == (candidate == "logmel-gmm")
     clip = clips[int(np.flatnonzero(held)[0])]
     board = PatchScorer(bundle).score(clip_patches(clip.samples, bundle.frontend))
@@ -117,12 +119,14 @@ def test_the_chosen_pipeline_is_a_bundle_the_agent_scores_identically(clips, hel
     np.testing.assert_allclose([r.window_score for r in streamed], selection.window_scores(clip), rtol=1e-6,
                                atol=1e-6)
     # each detector's reading is named after its part (the two-sided one apart from its file), and the window
-    # score is their mean
+    # score is their mean, plus the timing reading beyond its gate
     parts = list(CANDIDATES[candidate].parts)
     assert [d.name for d in bundle.detectors] == parts
     for result in streamed:
-        assert list(result.readings) == parts
-        assert np.mean(list(result.readings.values())) == pytest.approx(result.window_score, abs=1e-12)
+        readings = dict(result.readings)
+        timing_term = max(0.0, readings.pop("timing") - bundle.timing.gate) if bundle.timing else 0.0
+        assert list(readings) == parts
+        assert np.mean(list(readings.values())) + timing_term == pytest.approx(result.window_score, abs=1e-12)
     # standardised on the held-out normal patches: mean 0 and unit spread there
     held_scores = np.concatenate([selection.detector_scores(c) for c, h in zip(clips, held) if h])
     if candidate == "logmel-gmm":

@@ -1,0 +1,226 @@
+"""Machine timing: how fast the shaft turns and how long a cycle takes in a window, against the machine's normal.
+
+A machine running at the wrong speed, or a valve or slide cycling at the wrong pace, sounds like itself: the same
+spectrum, the same impacts, only shifted in frequency or stretched in time. The Mel and CNN detectors judge 1 s
+patches on a Mel scale too coarse for a few per cent of shaft speed, and a patch is shorter than one cycle, so they
+score such faults near chance (benchmarks/RESULTS.md, seventh round). This detector looks at the whole window:
+
+- speed: the window's fine spectrum (0.5 Hz bins, 20 Hz to 2 kHz, on a log-frequency axis so that a speed change
+  is a shift), flattened so that only its tonal comb remains, and matched to the normal comb at shifts of up to
+  ±20 %. Its reading is how much better a shifted comb fits than the comb at the normal speed.
+- cycle: the autocorrelation of the frame energy over lags of 0.2 to 4.5 s, on a log-lag axis, matched to the
+  normal one at shifts of up to ±25 %. Its reading is the shift (the log ratio of the cycle periods).
+
+Each is standardised on held-out normal windows; the detector reads the larger distance from normal. The fused
+window score takes it only beyond `gate` held-out standard deviations (agent.pipeline): a machine whose timing is
+normal keeps its other detectors' score, so a fan or pump without cycles is not judged on a noisy cycle estimate.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.errors import ModelError
+from agent.spec import HOP_LENGTH, N_FFT, PATCH_HOP_SAMPLES, SAMPLE_RATE, WINDOW_SAMPLES
+
+# Spectrum segments of 2.048 s (0.49 Hz bins), one per patch hop, so that consecutive windows share all but one.
+SEGMENT_SAMPLES = 32768
+SEGMENTS = (WINDOW_SAMPLES - SEGMENT_SAMPLES) // PATCH_HOP_SAMPLES + 1
+SPEED_STEP = 0.002  # log-frequency step: 0.2 %
+SPEED_GRID = np.exp(np.arange(np.log(20.0), np.log(2000.0), SPEED_STEP))
+SPEED_SHIFTS = 100  # ±20 %: a fault's speed change, past the few per cent a healthy machine wanders
+SPEED_FLATTEN = 101  # moving-average width (±10 % in frequency) taken off the log spectrum: the comb remains
+CYCLE_STEP = 0.004  # log-lag step: 0.4 %
+CYCLE_GRID = np.exp(np.arange(np.log(0.2), np.log(4.5), CYCLE_STEP))  # seconds
+CYCLE_SHIFTS = 62  # ±25 %
+READINGS = ("speed", "cycle")
+# Smallest held-out spread a reading is standardised by, in its own units: a machine whose timing never moves in
+# calibration must not turn a rounding difference into many standard deviations.
+MIN_SCALE = {"speed": 0.02, "cycle": 0.004}
+DEFAULT_GATE = 4.0
+_HANN = np.hanning(SEGMENT_SAMPLES)
+_FREQS = np.fft.rfftfreq(SEGMENT_SAMPLES, 1 / SAMPLE_RATE)
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """Per window: the flattened fine log spectrum (windows, len(SPEED_GRID)) and the frame-energy
+    autocorrelation (windows, len(CYCLE_GRID)), each with its mean removed."""
+
+    speed: np.ndarray
+    cycle: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.speed)
+
+    def take(self, rows) -> "Profiles":
+        return Profiles(self.speed[rows], self.cycle[rows])
+
+    @classmethod
+    def stack(cls, profiles: list["Profiles"]) -> "Profiles":
+        return cls(np.concatenate([p.speed for p in profiles]), np.concatenate([p.cycle for p in profiles]))
+
+
+def segment_power(segment: np.ndarray) -> np.ndarray:
+    """Hann-windowed power spectrum of one SEGMENT_SAMPLES-long segment."""
+    return np.abs(np.fft.rfft(np.asarray(segment, dtype=np.float64) * _HANN)) ** 2
+
+
+def segment_starts(window_start: int) -> range:
+    """Where the window's spectrum segments start, on the patch-hop grid."""
+    return range(window_start, window_start + SEGMENTS * PATCH_HOP_SAMPLES, PATCH_HOP_SAMPLES)
+
+
+def speed_profile(powers: np.ndarray) -> np.ndarray:
+    """The flattened log spectrum on SPEED_GRID from a window's segment powers (segments, bins)."""
+    log_power = np.log(powers.mean(axis=0)[1:] + 1e-20)
+    profile = np.interp(np.log(SPEED_GRID), np.log(_FREQS[1:]), log_power)
+    half = SPEED_FLATTEN // 2
+    padded = np.pad(profile, half, mode="edge")
+    smooth = np.convolve(padded, np.ones(SPEED_FLATTEN) / SPEED_FLATTEN, mode="same")[half:half + profile.size]
+    flat = profile - smooth
+    return flat - flat.mean()
+
+
+def cycle_profile(window: np.ndarray) -> np.ndarray:
+    """The normalised autocorrelation of the window's frame log-energy on CYCLE_GRID."""
+    frames = np.lib.stride_tricks.sliding_window_view(np.asarray(window, dtype=np.float64), N_FFT)[::HOP_LENGTH]
+    energy = np.log(np.mean(frames ** 2, axis=1) + 1e-12)
+    energy -= energy.mean()
+    n = len(energy)
+    spectrum = np.fft.rfft(energy, 2 * n)
+    auto = np.fft.irfft(np.abs(spectrum) ** 2)[:n]
+    auto /= auto[0] + 1e-12
+    lags = np.arange(n) * HOP_LENGTH / SAMPLE_RATE
+    profile = np.interp(np.log(CYCLE_GRID), np.log(np.maximum(lags, 1e-9)), auto)
+    return profile - profile.mean()
+
+
+def window_profiles(samples: np.ndarray, ends: np.ndarray) -> Profiles:
+    """Profiles of the windows of a clip that end at sample positions `ends` (each at least WINDOW_SAMPLES)."""
+    samples = np.asarray(samples, dtype=np.float64)
+    speed, cycle = [], []
+    for end in ends:
+        start = int(end) - WINDOW_SAMPLES
+        powers = np.stack([segment_power(samples[s:s + SEGMENT_SAMPLES]) for s in segment_starts(start)])
+        speed.append(speed_profile(powers))
+        cycle.append(cycle_profile(samples[start:int(end)]))
+    return Profiles(np.array(speed).reshape(-1, SPEED_GRID.size), np.array(cycle).reshape(-1, CYCLE_GRID.size))
+
+
+def match(profiles: np.ndarray, template: np.ndarray, max_shift: int) -> np.ndarray:
+    """(windows, 2 * max_shift + 1): the mean product of each profile with the template shifted by -max..max."""
+    n = template.size
+    out = np.empty((len(profiles), 2 * max_shift + 1))
+    for i, s in enumerate(range(-max_shift, max_shift + 1)):
+        out[:, i] = profiles[:, max(0, s):n + min(0, s)] @ template[max(0, -s):n + min(0, -s)] / (n - abs(s))
+    return out
+
+
+def comb_gain(profiles: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """How much better the best-shifted normal comb fits than the unshifted one, relative to the best fit."""
+    fits = match(profiles, template, SPEED_SHIFTS)
+    best = fits.max(axis=1)
+    return (best - fits[:, SPEED_SHIFTS]) / np.maximum(np.abs(best), 1e-12)
+
+
+def cycle_shift(profiles: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """The log ratio of each window's cycle period to the normal one: the best shift, refined by a parabola."""
+    fits = match(profiles, template, CYCLE_SHIFTS)
+    k = np.clip(fits.argmax(axis=1), 1, fits.shape[1] - 2)
+    rows = np.arange(len(fits))
+    left, mid, right = fits[rows, k - 1], fits[rows, k], fits[rows, k + 1]
+    curve = left - 2 * mid + right
+    offset = np.clip(0.5 * (left - right) / np.where(np.abs(curve) > 1e-12, curve, -1e-12), -1, 1)
+    return (k + offset - CYCLE_SHIFTS) * CYCLE_STEP
+
+
+@dataclass(frozen=True)
+class TimingModel:
+    """A machine's normal timing: the comb and cycle templates, and each reading's held-out centre and spread."""
+
+    speed_template: np.ndarray
+    cycle_template: np.ndarray
+    centre: np.ndarray  # (2,) in READINGS order
+    scale: np.ndarray  # (2,)
+
+    def raw(self, profiles: Profiles) -> np.ndarray:
+        """(windows, 2): the speed and cycle readings in their own units."""
+        return np.stack([comb_gain(profiles.speed, self.speed_template),
+                         cycle_shift(profiles.cycle, self.cycle_template)], axis=1)
+
+    def score(self, profiles: Profiles) -> np.ndarray:
+        """Each window's distance from normal timing: the larger reading, in held-out standard deviations."""
+        return (np.abs(self.raw(profiles) - self.centre) / self.scale).max(axis=1)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"speed_template": self.speed_template, "cycle_template": self.cycle_template,
+                "centre": self.centre, "scale": self.scale}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TimingModel":
+        """Read a bundle's timing file; a damaged one is a ModelError naming the file and the array."""
+        try:
+            with np.load(path) as data:
+                arrays = {k: np.asarray(data[k], dtype=np.float64) for k in cls.__dataclass_fields__}
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"{path}: not a readable timing file ({exc})") from None
+        shapes = {"speed_template": SPEED_GRID.shape, "cycle_template": CYCLE_GRID.shape, "centre": (2,),
+                  "scale": (2,)}
+        for name, shape in shapes.items():
+            if arrays[name].shape != shape or not np.all(np.isfinite(arrays[name])):
+                raise ModelError(f"{path}: {name} must be {shape} finite numbers; recalibrate")
+        if not np.all(arrays["scale"] > 0):
+            raise ModelError(f"{path}: scale must be positive; recalibrate")
+        return cls(**arrays)
+
+
+def fit_timing(fit: Profiles, heldout: Profiles) -> TimingModel:
+    """Templates from the fitting windows, centre (median) and spread from the held-out ones."""
+    speed_template = fit.speed.mean(axis=0)
+    cycle_template = fit.cycle.mean(axis=0)
+    partial = TimingModel(speed_template, cycle_template, np.zeros(2), np.ones(2))
+    raw = partial.raw(heldout)
+    scale = np.maximum(raw.std(axis=0), [MIN_SCALE[r] for r in READINGS])
+    return TimingModel(speed_template, cycle_template, np.median(raw, axis=0), scale)
+
+
+class StreamProfiles:
+    """The streaming form: the samples of the last window, and each spectrum segment computed once (consecutive
+    windows share all but one). Gives the same numbers as `window_profiles` on the same samples."""
+
+    def __init__(self) -> None:
+        self._samples = np.zeros(0)
+        self._offset = 0  # stream position of self._samples[0]
+        self._powers: dict[int, np.ndarray] = {}
+
+    def reset(self) -> None:
+        self.__init__()
+
+    def push(self, samples: np.ndarray, ends: np.ndarray) -> list[Profiles | None]:
+        """Take the next samples; the profiles of the windows ending at stream positions `ends` (None for an end
+        before the first full window)."""
+        self._samples = np.concatenate([self._samples, np.asarray(samples, dtype=np.float64)])
+        out = [self._profiles(int(end)) if end >= WINDOW_SAMPLES else None for end in ends]
+        drop = max(0, len(self._samples) - WINDOW_SAMPLES)
+        self._samples, self._offset = self._samples[drop:], self._offset + drop
+        return out
+
+    def _profiles(self, end: int) -> Profiles:
+        start = end - WINDOW_SAMPLES
+        starts = segment_starts(start)
+        for s in starts:
+            if s not in self._powers:
+                at = s - self._offset
+                self._powers[s] = segment_power(self._samples[at:at + SEGMENT_SAMPLES])
+        for s in [s for s in self._powers if s < start]:
+            del self._powers[s]
+        window = self._samples[start - self._offset:end - self._offset]
+        return Profiles(speed_profile(np.stack([self._powers[s] for s in starts]))[None], cycle_profile(window)[None])
+
+
+def window_ends(n_samples: int) -> np.ndarray:
+    """Where the full windows of a clip of n_samples end: at its patch ends from the WINDOW_PATCHES-th on."""
+    return np.arange(WINDOW_SAMPLES, n_samples + 1, PATCH_HOP_SAMPLES)
