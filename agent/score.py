@@ -47,8 +47,8 @@ def score_file(pipeline: Pipeline, path: pathlib.Path, channel: int | str = 0) -
         "windows": len(results), "windows_above": len(above),
         "window_end_times": [round(r.time, 3) for r in results],
         "window_scores": [round(float(s), 6) for s in scores],
-        "window_detector_scores": {entry.name: [round(r.readings[entry.name], 6) for r in results]
-                                   for entry in bundle.detectors},
+        "window_detector_scores": {name: [round(r.readings[name], 6) for r in results]
+                                   for name in (results[0].readings if results else ())},
         "bundle": bundle.id,
     }
 

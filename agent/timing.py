@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import uniform_filter1d
 
 from agent.errors import ModelError
 from agent.spec import HOP_LENGTH, N_FFT, PATCH_HOP_SAMPLES, SAMPLE_RATE, WINDOW_SAMPLES
@@ -77,17 +78,17 @@ def speed_profile(powers: np.ndarray) -> np.ndarray:
     """The flattened log spectrum on SPEED_GRID from a window's segment powers (segments, bins)."""
     log_power = np.log(powers.mean(axis=0)[1:] + 1e-20)
     profile = np.interp(np.log(SPEED_GRID), np.log(_FREQS[1:]), log_power)
-    half = SPEED_FLATTEN // 2
-    padded = np.pad(profile, half, mode="edge")
-    smooth = np.convolve(padded, np.ones(SPEED_FLATTEN) / SPEED_FLATTEN, mode="same")[half:half + profile.size]
-    flat = profile - smooth
+    flat = profile - uniform_filter1d(profile, SPEED_FLATTEN, mode="nearest")
     return flat - flat.mean()
 
 
 def cycle_profile(window: np.ndarray) -> np.ndarray:
     """The normalised autocorrelation of the window's frame log-energy on CYCLE_GRID."""
-    frames = np.lib.stride_tricks.sliding_window_view(np.asarray(window, dtype=np.float64), N_FFT)[::HOP_LENGTH]
-    energy = np.log(np.mean(frames ** 2, axis=1) + 1e-12)
+    window = np.asarray(window, dtype=np.float64)
+    hops = (window[: len(window) // HOP_LENGTH * HOP_LENGTH] ** 2).reshape(-1, HOP_LENGTH).sum(axis=1)
+    per_frame = N_FFT // HOP_LENGTH  # a frame is this many consecutive hops
+    frames = sum(hops[i:len(hops) - per_frame + 1 + i] for i in range(per_frame))
+    energy = np.log(frames / N_FFT + 1e-12)
     energy -= energy.mean()
     n = len(energy)
     spectrum = np.fft.rfft(energy, 2 * n)
@@ -110,25 +111,28 @@ def window_profiles(samples: np.ndarray, ends: np.ndarray) -> Profiles:
     return Profiles(np.array(speed).reshape(-1, SPEED_GRID.size), np.array(cycle).reshape(-1, CYCLE_GRID.size))
 
 
-def match(profiles: np.ndarray, template: np.ndarray, max_shift: int) -> np.ndarray:
-    """(windows, 2 * max_shift + 1): the mean product of each profile with the template shifted by -max..max."""
+def shifted(template: np.ndarray, max_shift: int) -> np.ndarray:
+    """(2 * max_shift + 1, n): the template shifted by -max..max steps, each row divided by its overlap, so that
+    `profiles @ shifted(...).T` is each profile's mean product with every shift of the template."""
     n = template.size
-    out = np.empty((len(profiles), 2 * max_shift + 1))
+    rows = np.zeros((2 * max_shift + 1, n))
     for i, s in enumerate(range(-max_shift, max_shift + 1)):
-        out[:, i] = profiles[:, max(0, s):n + min(0, s)] @ template[max(0, -s):n + min(0, -s)] / (n - abs(s))
-    return out
+        rows[i, max(0, s):n + min(0, s)] = template[max(0, -s):n + min(0, -s)] / (n - abs(s))
+    return rows
 
 
-def comb_gain(profiles: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """How much better the best-shifted normal comb fits than the unshifted one, relative to the best fit."""
-    fits = match(profiles, template, SPEED_SHIFTS)
+def comb_gain(profiles: np.ndarray, templates: np.ndarray) -> np.ndarray:
+    """How much better the best-shifted normal comb fits than the unshifted one, relative to the best fit
+    (`templates`: the normal comb `shifted` by up to SPEED_SHIFTS)."""
+    fits = profiles @ templates.T
     best = fits.max(axis=1)
     return (best - fits[:, SPEED_SHIFTS]) / np.maximum(np.abs(best), 1e-12)
 
 
-def cycle_shift(profiles: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """The log ratio of each window's cycle period to the normal one: the best shift, refined by a parabola."""
-    fits = match(profiles, template, CYCLE_SHIFTS)
+def cycle_shift(profiles: np.ndarray, templates: np.ndarray) -> np.ndarray:
+    """The log ratio of each window's cycle period to the normal one: the best shift, refined by a parabola
+    (`templates`: the normal autocorrelation `shifted` by up to CYCLE_SHIFTS)."""
+    fits = profiles @ templates.T
     k = np.clip(fits.argmax(axis=1), 1, fits.shape[1] - 2)
     rows = np.arange(len(fits))
     left, mid, right = fits[rows, k - 1], fits[rows, k], fits[rows, k + 1]
@@ -146,10 +150,14 @@ class TimingModel:
     centre: np.ndarray  # (2,) in READINGS order
     scale: np.ndarray  # (2,)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_speed_shifted", shifted(self.speed_template, SPEED_SHIFTS))
+        object.__setattr__(self, "_cycle_shifted", shifted(self.cycle_template, CYCLE_SHIFTS))
+
     def raw(self, profiles: Profiles) -> np.ndarray:
         """(windows, 2): the speed and cycle readings in their own units."""
-        return np.stack([comb_gain(profiles.speed, self.speed_template),
-                         cycle_shift(profiles.cycle, self.cycle_template)], axis=1)
+        return np.stack([comb_gain(profiles.speed, self._speed_shifted),
+                         cycle_shift(profiles.cycle, self._cycle_shifted)], axis=1)
 
     def score(self, profiles: Profiles) -> np.ndarray:
         """Each window's distance from normal timing: the larger reading, in held-out standard deviations."""
@@ -194,6 +202,7 @@ class StreamProfiles:
     def __init__(self) -> None:
         self._samples = np.zeros(0)
         self._offset = 0  # stream position of self._samples[0]
+        self._pending: list[np.ndarray] = []  # pushed since the last window end, joined when the next one comes
         self._powers: dict[int, np.ndarray] = {}
 
     def reset(self) -> None:
@@ -202,9 +211,14 @@ class StreamProfiles:
     def push(self, samples: np.ndarray, ends: np.ndarray) -> list[Profiles | None]:
         """Take the next samples; the profiles of the windows ending at stream positions `ends` (None for an end
         before the first full window)."""
-        self._samples = np.concatenate([self._samples, np.asarray(samples, dtype=np.float64)])
+        self._pending.append(np.asarray(samples, dtype=np.float64))
+        if len(ends) == 0:
+            return []
+        self._samples = np.concatenate([self._samples, *self._pending])
+        self._pending.clear()
         out = [self._profiles(int(end)) if end >= WINDOW_SAMPLES else None for end in ends]
-        drop = max(0, len(self._samples) - WINDOW_SAMPLES)
+        next_start = int(ends[-1]) + PATCH_HOP_SAMPLES - WINDOW_SAMPLES  # of the window the next patch ends
+        drop = min(max(0, next_start - self._offset), len(self._samples))
         self._samples, self._offset = self._samples[drop:], self._offset + drop
         return out
 
