@@ -117,16 +117,16 @@ class Pipeline:
         self._window: deque[np.ndarray] = deque(maxlen=bundle.window_patches)  # per-detector patch scores
         self._names = [entry.name for entry in bundle.detectors]
         self.timing = TimingModel.load(bundle.path / bundle.timing.file) if bundle.timing else None
-        self._profiles = StreamProfiles()
+        self.timing_profiles = StreamProfiles()
 
     def reset(self) -> None:
         self.front_end.reset()
         self._window.clear()
-        self._profiles.reset()
+        self.timing_profiles.reset()
 
     def push(self, samples: np.ndarray) -> list[PatchScore]:
         batch = self.front_end.push(samples)
-        profiles = self._profiles.push(samples, batch.end_samples) if self.timing else [None] * len(batch)
+        profiles = self.timing_profiles.push(samples, batch.end_samples) if self.timing else [None] * len(batch)
         if len(batch) == 0:
             return []
         results = []

@@ -42,7 +42,9 @@ READINGS = ("speed", "cycle")
 MIN_SCALE = {"speed": 0.02, "cycle": 0.004}
 DEFAULT_GATE = 4.0
 _HANN = np.hanning(SEGMENT_SAMPLES)
+# The spectrum bins up to the first one above SPEED_GRID's top: all the speed profile interpolates from.
 _FREQS = np.fft.rfftfreq(SEGMENT_SAMPLES, 1 / SAMPLE_RATE)
+_FREQS = _FREQS[: int(np.searchsorted(_FREQS, SPEED_GRID[-1])) + 1]
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,9 @@ class Profiles:
 
 
 def segment_power(segment: np.ndarray) -> np.ndarray:
-    """Hann-windowed power spectrum of one SEGMENT_SAMPLES-long segment."""
-    return np.abs(np.fft.rfft(np.asarray(segment, dtype=np.float64) * _HANN)) ** 2
+    """Hann-windowed power spectrum of one SEGMENT_SAMPLES-long segment, up to SPEED_GRID's top."""
+    spectrum = np.fft.rfft(np.asarray(segment, dtype=np.float64) * _HANN)[: _FREQS.size]
+    return spectrum.real ** 2 + spectrum.imag ** 2
 
 
 def segment_starts(window_start: int) -> range:

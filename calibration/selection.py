@@ -290,7 +290,8 @@ def choose_from_files(paths: Sequence[Path], extractor_sha256: str | None = None
     """`choose_pipeline` on normal recordings given as files (e.g. evaluation's training clips), one in four
     held out as calibration holds out its blocks. A file named as an anomaly (anomaly_*, abnormal_*, or in an
     abnormal/ or anomaly/ folder) is refused before anything is read. `clip_features(path) -> (dB patches, CNN
-    features)` lets a caller reuse cached features; the samples are kept only for the held-out clips (the faults go into them)."""
+    features)` lets a caller reuse cached features: each file is still read for its timing profiles, and its
+    samples kept only if it is held out (the faults go into those)."""
     named = [p for p in map(Path, paths) if named_as_anomaly(p)]
     if named:
         raise ConfigError(f"{named[0]}: named as an anomaly; the pipeline is chosen from normal recordings only")

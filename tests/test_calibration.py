@@ -92,7 +92,7 @@ def test_the_real_anomalous_clip_scores_above_the_paper_presets_threshold(calibr
 def test_the_real_anomalous_clip_alarms_and_outranks_every_unheard_normal_clip_by_default(calibrated, dcase,
                                                                                           normal_paths):
     """The default chooses the pipeline per machine by the synthetic faults it catches at its own threshold; on
-    this machine it keeps the default, `fusion-2s` (README, calibrate)."""
+    this machine it keeps the default, `fusion-timing` (README, calibrate)."""
     result, out = calibrated
     pipeline = Pipeline(Bundle.load(out))
     anomaly = window_scores(pipeline, read_wav(dcase / "test" / "anomaly_id_00_00000000.wav")).max()
