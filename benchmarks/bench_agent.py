@@ -72,7 +72,7 @@ def timed(owner, name: str, spent: dict, key: str) -> None:
             spent[key] = spent.get(key, 0.0) + time.thread_time() - start
             spent[key + " calls"] = spent.get(key + " calls", 0) + 1
 
-    setattr(owner, name, wrapper)
+    object.__setattr__(owner, name, wrapper)  # also on a frozen dataclass (the timing model)
 
 
 def stream(pipeline: Pipeline, audio: np.ndarray) -> tuple[float, int]:
@@ -112,9 +112,13 @@ def in_process(bundle: pathlib.Path, audio: np.ndarray) -> None:
     timed(pipeline.front_end, "push", spent, "front end")
     for detector in pipeline.scorer.detectors.values():
         timed(detector, "score", spent, detector.path.stem)
+    if pipeline.timing is not None:
+        timed(pipeline.timing_profiles, "push", spent, "timing profiles")
+        timed(pipeline.timing, "score", spent, "timing reading")
     cpu, patches = stream(pipeline, audio)
     stages = {"front end (Mel + images)": spent["front end"],
-              **{f"detector {d.path.stem}": spent[d.path.stem] for d in pipeline.scorer.detectors.values()}}
+              **{f"detector {d.path.stem}": spent[d.path.stem] for d in pipeline.scorer.detectors.values()},
+              **{name: spent[name] for name in ("timing profiles", "timing reading") if name in spent}}
     rest = cpu - spent.get("invoke", 0.0) - sum(stages.values())
     print("  breakdown (second pass, every stage timed), ms per patch: "
           + ", ".join(f"{name} {value / patches * 1e3:.3f}" for name, value in stages.items())

@@ -3,7 +3,8 @@
 Calibrates as tests/test_calibration.py does (the first 40 of the 75 shared DCASE fan id_00 normal clips, the
 default preset, one false alarm a week), then prints the share of injected faults each candidate catches (what
 `auto` chooses by), the window score of the real anomalous clip against the threshold, how many of the 35 unheard normal clips exceed it, and how often a whine (1.5-5 kHz, 6 and 12 dB under
-the machine) and each fault of `calibration.faults` at full strength lift the last window of 8 unheard clips over it.
+the machine) and each fault of `calibration.faults` at full strength lift the last window of 8 unheard clips over it,
+and (with the timing detector) how far the unheard clips' timing readings reach.
 
     python benchmarks/real_faults.py --model MODELS/squeezenet1_1-int8.tflite [--preset auto]
 """
@@ -20,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agent.audio import read_wav  # noqa: E402
-from agent.bundle import Bundle  # noqa: E402
-from agent.pipeline import Pipeline  # noqa: E402
+from agent.bundle import TIMING_NAME, Bundle  # noqa: E402
+from agent.pipeline import PatchScore, Pipeline  # noqa: E402
 from agent.spec import SAMPLE_RATE  # noqa: E402
 from calibration.calibrate import DEFAULT_PRESET, calibrate  # noqa: E402
 from calibration.collect import wav_blocks  # noqa: E402
@@ -32,14 +33,14 @@ CALIBRATION_CLIPS = 40
 WHINE_HZ = (1500, 2000, 3000, 4000, 5000)
 
 
-def window_scores(pipeline: Pipeline, samples: np.ndarray) -> list[float]:
-    """A clip's window scores as the agent streams it (a 10 s clip has one window)."""
+def windows(pipeline: Pipeline, samples: np.ndarray) -> list[PatchScore]:
+    """A clip's windows as the agent streams it (a 10 s clip has one window)."""
     pipeline.reset()
-    return [r.window_score for r in pipeline.push(samples) if r.window_score is not None]
+    return [r for r in pipeline.push(samples) if r.window_score is not None]
 
 
 def last_window(pipeline: Pipeline, samples: np.ndarray) -> float:
-    return window_scores(pipeline, samples)[-1]
+    return windows(pipeline, samples)[-1].window_score
 
 
 def whine(clip: np.ndarray, hz: float, db_under: float) -> np.ndarray:
@@ -62,10 +63,15 @@ def main() -> None:
     if result.selection.table:
         print("injected faults caught at each candidate's own threshold: " + ", ".join(
             f"{s.name} {s.detection:.0%}" for s in sorted(result.selection.table, key=lambda s: -s.detection)))
-    anomaly = max(window_scores(pipeline, read_wav(DCASE / "test" / "anomaly_id_00_00000000.wav")))
-    unheard = [last_window(pipeline, read_wav(p)) for p in normal[CALIBRATION_CLIPS:]]
+    anomaly = max(r.window_score for r in windows(pipeline, read_wav(DCASE / "test" / "anomaly_id_00_00000000.wav")))
+    unheard_windows = [windows(pipeline, read_wav(p))[-1] for p in normal[CALIBRATION_CLIPS:]]
+    unheard = [r.window_score for r in unheard_windows]
     print(f"real anomalous clip: {anomaly:.3g}; unheard normal clips above the threshold: "
           f"{sum(s > threshold for s in unheard)} of {len(unheard)} (highest {max(unheard):.3g})")
+    if pipeline.timing is not None:
+        timing = [r.readings[TIMING_NAME] for r in unheard_windows]
+        print(f"timing reading of the unheard normal clips: highest {max(timing):.3g}, "
+              f"{sum(t > pipeline.bundle.timing.gate for t in timing)} beyond the gate {pipeline.bundle.timing.gate:g}")
     clips = [read_wav(p) for p in normal[CALIBRATION_CLIPS:CALIBRATION_CLIPS + 8]]
     for db_under in (6, 12):
         caught = sum(last_window(pipeline, whine(c, hz, db_under)) > threshold for c in clips for hz in WHINE_HZ)
