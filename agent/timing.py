@@ -7,9 +7,12 @@ score such faults near chance (benchmarks/RESULTS.md, seventh round). This detec
 
 - speed: the window's fine spectrum (0.5 Hz bins, 20 Hz to 2 kHz, on a log-frequency axis so that a speed change
   is a shift), flattened so that only its tonal comb remains, and matched to the normal comb at shifts of up to
-  ±20 %. Its reading is how much better a shifted comb fits than the comb at the normal speed.
+  ±20 %. Its reading is how much better the best-shifted comb fits than the best within ±2 % of normal speed.
 - cycle: the autocorrelation of the frame energy over lags of 0.2 to 4.5 s, on a log-lag axis, matched to the
-  normal one at shifts of up to ±25 %. Its reading is the shift (the log ratio of the cycle periods).
+  normal one at shifts of up to ±25 %. Its reading is the shift (the log ratio of the cycle periods) beyond ±2 %.
+
+Within ±2 % of its normal speed and pace a machine is never anomalous to this detector: a motor's speed moves that
+much with its load and the mains frequency, more than a few minutes of calibration may show.
 
 Each is standardised on held-out normal windows; the detector reads the larger distance from normal. The fused
 window score takes it only beyond `gate` held-out standard deviations (agent.pipeline): a machine whose timing is
@@ -32,10 +35,12 @@ SEGMENTS = (WINDOW_SAMPLES - SEGMENT_SAMPLES) // PATCH_HOP_SAMPLES + 1
 SPEED_STEP = 0.002  # log-frequency step: 0.2 %
 SPEED_GRID = np.exp(np.arange(np.log(20.0), np.log(2000.0), SPEED_STEP))
 SPEED_SHIFTS = 100  # ±20 %: a fault's speed change, past the few per cent a healthy machine wanders
+SPEED_TOLERANCE = 10  # ±2 %: shifts this small count as normal speed
 SPEED_FLATTEN = 101  # moving-average width (±10 % in frequency) taken off the log spectrum: the comb remains
 CYCLE_STEP = 0.004  # log-lag step: 0.4 %
 CYCLE_GRID = np.exp(np.arange(np.log(0.2), np.log(4.5), CYCLE_STEP))  # seconds
 CYCLE_SHIFTS = 62  # ±25 %
+CYCLE_TOLERANCE = 0.02  # log ratio of cycle periods that counts as the normal pace (±2 %)
 READINGS = ("speed", "cycle")
 # Smallest held-out spread a reading is standardised by, in its own units: a machine whose timing never moves in
 # calibration must not turn a rounding difference into many standard deviations.
@@ -125,11 +130,13 @@ def shifted(template: np.ndarray, max_shift: int) -> np.ndarray:
 
 
 def comb_gain(profiles: np.ndarray, templates: np.ndarray) -> np.ndarray:
-    """How much better the best-shifted normal comb fits than the unshifted one, relative to the best fit
-    (`templates`: the normal comb `shifted` by up to SPEED_SHIFTS)."""
+    """How much better the best-shifted normal comb fits than the best one within SPEED_TOLERANCE, relative to the
+    best fit (`templates`: the normal comb `shifted` by up to SPEED_SHIFTS). A gain and not the best shift: on a
+    weak comb the best shift can jump to a far one that fits barely better than normal speed."""
     fits = profiles @ templates.T
     best = fits.max(axis=1)
-    return (best - fits[:, SPEED_SHIFTS]) / np.maximum(np.abs(best), 1e-12)
+    normal = fits[:, SPEED_SHIFTS - SPEED_TOLERANCE:SPEED_SHIFTS + SPEED_TOLERANCE + 1].max(axis=1)
+    return (best - normal) / np.maximum(np.abs(best), 1e-12)
 
 
 def cycle_shift(profiles: np.ndarray, templates: np.ndarray) -> np.ndarray:
@@ -142,6 +149,11 @@ def cycle_shift(profiles: np.ndarray, templates: np.ndarray) -> np.ndarray:
     curve = left - 2 * mid + right
     offset = np.clip(0.5 * (left - right) / np.where(np.abs(curve) > 1e-12, curve, -1e-12), -1, 1)
     return (k + offset - CYCLE_SHIFTS) * CYCLE_STEP
+
+
+def cycle_change(profiles: np.ndarray, templates: np.ndarray) -> np.ndarray:
+    """How far each window's cycle period is from normal beyond CYCLE_TOLERANCE, as a log ratio."""
+    return np.maximum(0.0, np.abs(cycle_shift(profiles, templates)) - CYCLE_TOLERANCE)
 
 
 @dataclass(frozen=True)
@@ -160,7 +172,7 @@ class TimingModel:
     def raw(self, profiles: Profiles) -> np.ndarray:
         """(windows, 2): the speed and cycle readings in their own units."""
         return np.stack([comb_gain(profiles.speed, self._speed_shifted),
-                         cycle_shift(profiles.cycle, self._cycle_shifted)], axis=1)
+                         cycle_change(profiles.cycle, self._cycle_shifted)], axis=1)
 
     def score(self, profiles: Profiles) -> np.ndarray:
         """Each window's distance from normal timing: the larger reading, in held-out standard deviations."""

@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+from scipy import signal
 from threadpoolctl import threadpool_limits
 
 from agent.audio import read_wav
@@ -14,6 +15,7 @@ from agent.extractor import Extractor
 from agent.frontend import clip_patches
 from agent.pipeline import PatchScorer, Pipeline, window_reading
 from agent.spec import WINDOW_PATCHES, FrontEndParams
+from agent.timing import DEFAULT_GATE
 from calibration.candidates import CANDIDATES, PARTS
 from calibration.selection import Injection, choose_from_files, choose_pipeline, prepare_clip
 from calibration.threshold import heldout_mask
@@ -131,6 +133,24 @@ def test_the_chosen_pipeline_is_a_bundle_the_agent_scores_identically(clips, hel
     held_scores = np.concatenate([selection.detector_scores(c) for c, h in zip(clips, held) if h])
     if candidate == "logmel-gmm":
         assert abs(held_scores.mean()) < 1e-9 and abs(held_scores.std() - 1) < 1e-9
+
+
+def test_a_real_machine_running_faster_lifts_the_timing_reading_past_its_gate(clips, held, extractor):
+    """Two held-out real fan clips played 5 % fast: the spectrum keeps its shape, the comb moves. 2 % fast is
+    within the speed a healthy motor wanders by, and stays under the gate."""
+    selection = choose(clips, held, extractor, candidates=("fusion-timing",))
+    normal = np.concatenate([c.samples for c, h in zip(clips, held) if h][:2])
+
+    def played(up: int, down: int):
+        return prepare_clip(signal.resample_poly(normal, up, down).astype(np.float32), extractor, FrontEndParams())
+
+    fast, tolerated, same = played(20, 21), played(50, 51), played(1, 1)
+    assert selection.timing.score(same.timing).max() < DEFAULT_GATE < selection.timing.score(fast.timing).min()
+    assert selection.timing.score(tolerated.timing).max() < DEFAULT_GATE
+    # the fused score rises by the timing reading beyond the gate, and only by that
+    lift = selection.window_scores(fast) - selection.window_scores(fast, "fusion-2s")
+    np.testing.assert_allclose(lift, selection.timing.score(fast.timing) - DEFAULT_GATE, atol=1e-9)
+    np.testing.assert_allclose(selection.window_scores(same), selection.window_scores(same, "fusion-2s"), atol=1e-12)
 
 
 def test_a_bundle_without_names_names_its_readings_as_calibration_does():
