@@ -7,13 +7,13 @@ and checked completely at load time, so a damaged or mismatched file fails at st
 """
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.errors import ModelError
+from agent.npz import read_npz
 from agent.spec import SCHEMA_VERSION, WINDOW_PATCHES
 
 COMMON_ARRAYS = ("schema_version", "kind", "feature_dim", "extractor_sha256", "feature_source", "scaler_mean",
@@ -272,17 +272,7 @@ class Detector:
 def load_detector(path, extractor_sha256: str | None = None) -> Detector:
     """Load and check a detector .npz; refuse (ModelError) one fitted on another extractor than `extractor_sha256`."""
     path = Path(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError("a single array, not an .npz archive")
-        with loaded as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except FileNotFoundError:
-        raise ModelError(f"{path}: no such detector file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"{path}: not a readable detector .npz (truncated or damaged?): {exc}") from None
-    detector = Detector(DetectorArrays(path, arrays))
+    detector = Detector(DetectorArrays(path, read_npz(path, "detector")))
     if extractor_sha256 is not None and detector.extractor_sha256 != extractor_sha256:
         raise ModelError(f"{path}: fitted on features of extractor {detector.extractor_sha256[:12]}…, "
                          f"but this feature extractor is {extractor_sha256[:12]}…; calibrate again")

@@ -27,6 +27,7 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 
 from agent.errors import ModelError
+from agent.npz import read_npz
 from agent.spec import HOP_LENGTH, N_FFT, PATCH_HOP_SAMPLES, SAMPLE_RATE, WINDOW_SAMPLES
 
 # Spectrum segments of 2.048 s (0.49 Hz bins), one per patch hop, so that consecutive windows share all but one.
@@ -44,8 +45,9 @@ CYCLE_TOLERANCE = 0.02  # log ratio of cycle periods that counts as the normal p
 READINGS = ("speed", "cycle")
 # Smallest held-out spread a reading is standardised by, in its own units: a machine whose timing never moves in
 # calibration must not turn a rounding difference into many standard deviations. For the speed reading, a comb
-# shifted beyond the tolerance must fit 40 % better than any within it to reach a gate of 4: the combs of other
-# machines in the hall line up with a shifted template now and then, and fit only a little better.
+# shifted beyond the tolerance must gain 0.4 over the best within it (fit about 1.7 times as well) to reach a gate
+# of 4 from a centre of 0: the combs of other machines in the hall line up with a shifted template now and then,
+# and fit only a little better.
 MIN_SCALE = {"speed": 0.1, "cycle": 0.004}
 DEFAULT_GATE = 4.0
 _HANN = np.hanning(SEGMENT_SAMPLES)
@@ -177,8 +179,11 @@ class TimingModel:
                          cycle_change(profiles.cycle, self._cycle_shifted)], axis=1)
 
     def score(self, profiles: Profiles) -> np.ndarray:
-        """Each window's distance from normal timing: the larger reading, in held-out standard deviations."""
-        return (np.abs(self.raw(profiles) - self.centre) / self.scale).max(axis=1)
+        """Each window's distance from normal timing: the larger reading above its held-out centre, in held-out
+        standard deviations. One-sided: both readings are distances beyond the tolerance (0 is normal timing), and
+        on a machine without a cycle the cycle reading's centre sits far from 0, where a window at normal pace
+        must not count as far from normal."""
+        return (np.maximum(0.0, self.raw(profiles) - self.centre) / self.scale).max(axis=1)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"speed_template": self.speed_template, "cycle_template": self.cycle_template,
@@ -187,11 +192,11 @@ class TimingModel:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TimingModel":
         """Read a bundle's timing file; a damaged one is a ModelError naming the file and the array."""
-        try:
-            with np.load(path) as data:
-                arrays = {k: np.asarray(data[k], dtype=np.float64) for k in cls.__dataclass_fields__}
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelError(f"{path}: not a readable timing file ({exc})") from None
+        stored = read_npz(path, "timing")
+        missing = [k for k in cls.__dataclass_fields__ if k not in stored]
+        if missing:
+            raise ModelError(f"{path}: not a timing file (no {', '.join(missing)}); recalibrate")
+        arrays = {k: np.asarray(stored[k], dtype=np.float64) for k in cls.__dataclass_fields__}
         shapes = {"speed_template": SPEED_GRID.shape, "cycle_template": CYCLE_GRID.shape, "centre": (2,),
                   "scale": (2,)}
         for name, shape in shapes.items():
@@ -228,7 +233,7 @@ class StreamProfiles:
     def push(self, samples: np.ndarray, ends: np.ndarray) -> list[Profiles | None]:
         """Take the next samples; the profiles of the windows ending at stream positions `ends` (None for an end
         before the first full window)."""
-        self._pending.append(np.asarray(samples, dtype=np.float64))
+        self._pending.append(np.asarray(samples, dtype=np.float64).reshape(-1))
         if len(ends) == 0:
             return []
         self._samples = np.concatenate([self._samples, *self._pending])

@@ -7,6 +7,7 @@ import pytest
 
 from agent.audio import read_wav
 from agent.bundle import Bundle, rollback, write_bundle
+from agent.cli import main as humwatch
 from agent.errors import ModelError
 from agent.frontend import clip_patches
 from agent.frames import FRAME_SOURCES, frame_rows
@@ -14,6 +15,7 @@ from agent.pipeline import PatchScorer, Pipeline, fuse, window_readings
 from agent.scorers import window_mean
 from agent.spec import FrontEndParams, logmel_extractor_sha256
 from calibration.detectors import fit_detector
+from calibration.synth_cli import wav_bytes
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +233,17 @@ def test_a_detector_fitted_on_other_frame_features_is_refused_at_start(tmp_path,
     with pytest.raises(ModelError, match=r"frames\.npz: fitted on 64-d logmel-frames features, but the bundle "
                                          r"scores it on 128-d logmel-dynamics"):
         PatchScorer(Bundle.load(tmp_path / "bundle"))
+
+
+def test_a_damaged_timing_file_stops_the_agent_and_score_with_one_line(tmp_path, frame_detector, normal_clips,
+                                                                       capsys):
+    """A bundle whose timing.npz was truncated (a full disk, a copy cut short): one error naming it, exit 2."""
+    version = write(tmp_path / "bundle", frame_detector, timing={"file": "timing.npz", "gate": 4.0})
+    (version / "timing.npz").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ModelError, match="timing.npz: not a readable timing .npz"):
+        Pipeline(Bundle.load(tmp_path / "bundle"))
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(wav_bytes(normal_clips[0]))
+    assert humwatch(["score", "--bundle", str(tmp_path / "bundle"), str(clip)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "timing.npz" in err[0], err

@@ -30,6 +30,18 @@ def test_a_machine_at_the_wrong_speed_reads_past_the_gate_and_normal_ones_do_not
     assert np.sum(wrong > DEFAULT_GATE) >= 3 and np.median(wrong) > np.max(unheard) + 1.5, (wrong, unheard)
 
 
+def test_a_window_at_normal_speed_and_pace_reads_zero_however_far_the_centre_sits():
+    """A fan has no cycle: its cycle reading is noise and the held-out centre sits well above 0. A window at
+    normal speed and pace (both readings 0, inside the tolerance) must read 0, not the centre's distance."""
+    model = fit_timing(profiles_of("fan", range(12)), profiles_of("fan", range(12, 18)))
+    unheard = profiles_of("fan", range(18, 24))
+    raw, score = model.raw(unheard), model.score(unheard)
+    assert model.centre[1] > 0.05
+    at_normal = np.all(raw <= model.centre, axis=1)
+    assert at_normal.any() and np.all(score[at_normal] == 0)
+    np.testing.assert_allclose(score, np.max(np.maximum(0, raw - model.centre) / model.scale, axis=1))
+
+
 def test_streamed_profiles_equal_the_clip_profiles_whatever_the_block_size():
     samples = np.concatenate([synth_clip("slider", 0, i)[0] for i in range(2)])
     ends = window_ends(len(samples))
@@ -58,7 +70,7 @@ GOOD = {"speed_template": np.zeros(SPEED_GRID.size), "cycle_template": np.zeros(
     ({"scale": np.array([1.0, 0.0])}, "scale"),
     ({"centre": np.array([np.nan, 0.0])}, "centre"),
     ({"speed_template": np.zeros(10)}, "speed_template"),
-    ({"cycle_template": None}, "cycle_template"),
+    ({"cycle_template": None}, r"not a timing file \(no cycle_template\)"),
 ])
 def test_a_damaged_timing_file_is_refused_naming_the_file_and_array(tmp_path, damage, field):
     arrays = {k: v for k, v in {**GOOD, **damage}.items() if v is not None}
@@ -70,8 +82,22 @@ def test_a_damaged_timing_file_is_refused_naming_the_file_and_array(tmp_path, da
     assert TimingModel.load(path).scale.tolist() == [1.0, 1.0]
 
 
-def test_a_file_that_is_not_a_timing_file_is_refused(tmp_path):
+def truncated(path):
+    write_npz_atomic(path, GOOD)
+    path.write_bytes(path.read_bytes()[:300])
+
+
+@pytest.mark.parametrize("damage", [
+    lambda path: path.write_bytes(b""),
+    lambda path: path.write_bytes(b"not numpy"),
+    truncated,
+    lambda path: np.save(open(path, "wb"), np.zeros(3)),
+    lambda path: path.mkdir(),
+], ids=["empty", "text", "truncated", "single .npy", "directory"])
+def test_a_damaged_or_missing_timing_file_is_one_model_error_naming_it(tmp_path, damage):
     path = tmp_path / "timing.npz"
-    path.write_bytes(b"not numpy")
-    with pytest.raises(ModelError, match="timing.npz: not a readable timing file"):
+    damage(path)
+    with pytest.raises(ModelError, match="timing.npz: not a readable timing .npz"):
         TimingModel.load(path)
+    with pytest.raises(ModelError, match="missing.npz: no such timing file"):
+        TimingModel.load(tmp_path / "missing.npz")

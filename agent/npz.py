@@ -1,0 +1,24 @@
+"""Reading the plain-array .npz files of a bundle (detectors, timing), with every kind of damage one ModelError."""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from agent.errors import ModelError
+
+
+def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """All arrays of the .npz at `path` (`what` names the file's role in the error); no pickles. An empty,
+    truncated or corrupted file, a single .npy or a directory is a ModelError naming the file."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with loaded as npz:
+            return {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such {what} file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"{path}: not a readable {what} .npz (truncated or damaged?): {exc}") from None
