@@ -2,9 +2,10 @@
 
 Calibrates as tests/test_calibration.py does (the first 40 of the 75 shared DCASE fan id_00 normal clips, the
 default preset, one false alarm a week), then prints the share of injected faults each candidate catches (what
-`auto` chooses by), the window score of the real anomalous clip against the threshold, how many of the 35 unheard normal clips exceed it, and how often a whine (1.5-5 kHz, 6 and 12 dB under
-the machine) and each fault of `calibration.faults` at full strength lift the last window of 8 unheard clips over it,
-and (with the timing detector) how far the unheard clips' timing readings reach.
+`auto` chooses by), the window score of the real anomalous clip against the threshold, how many of the 35 unheard
+normal clips exceed it and (with the timing detector) how far their timing readings reach, and how often a whine
+(1.5-5 kHz, 6 and 12 dB under the machine) and each fault of `calibration.faults` at full strength lift the last
+window of 8 unheard clips over it.
 
     python benchmarks/real_faults.py --model MODELS/squeezenet1_1-int8.tflite [--preset auto]
 """

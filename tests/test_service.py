@@ -411,6 +411,34 @@ def test_file_replay_runs_to_the_end_and_exits_cleanly(mosquitto, subscribe, age
     assert subscriber.wait_on("humwatch/pump1/status", 2)[-1].text == "offline"
 
 
+def test_a_machine_running_fast_alarms_through_the_timing_reading(mosquitto, subscribe, agents, squeezenet_int8,
+                                                                  dcase, normal_clip, tmp_path):
+    """The default pipeline in the running agent: the real fan, then the same sound 5 % fast. The spectrum keeps
+    its shape; the timing reading carries the alarm."""
+    from scipy import signal as dsp
+    from scipy.io import wavfile
+
+    from calibration.calibrate import calibrate
+    from calibration.collect import wav_blocks
+
+    link = tmp_path / "pump1"
+    calibrate(wav_blocks([dcase / "train"]), squeezenet_int8, link, preset="fusion-timing", machine="pump1",
+              report=False)
+    normal = back_and_forth(normal_clip, FAULT_ONSET)
+    fast = dsp.resample_poly(back_and_forth(normal_clip, 21.0), 20, 21)
+    replay = tmp_path / "replay.wav"
+    wavfile.write(replay, 16000, (np.concatenate([normal, fast]) * 32767).astype(np.int16))
+    subscriber = subscribe(["humwatch/pump1/alarm"])
+    agent = agents(os.environ, link, mosquitto,
+                   audio={"source": "file", "file": str(replay), "realtime": False}).start()
+    assert agent.process.wait(120) == 0, agent.log()
+    raised = [m.json() for m in subscriber.wait_on("humwatch/pump1/alarm", 1)]
+    assert [(a["kind"], a["event"]) for a in raised] == [("anomaly", "raised")]
+    assert FAULT_ONSET < raised[0]["audio_time"] <= FAULT_ONSET + LATENCY_GOAL
+    assert raised[0]["detector_scores"]["timing"] > Bundle.load(link).timing.gate
+    assert "timing" in raised[0]["model"]["detectors"]
+
+
 def run_score(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "agent.cli", "score", *args], capture_output=True, text=True,
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
