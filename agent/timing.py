@@ -112,15 +112,10 @@ def cycle_profile(window: np.ndarray) -> np.ndarray:
 
 
 def window_profiles(samples: np.ndarray, ends: np.ndarray) -> Profiles:
-    """Profiles of the windows of a clip that end at sample positions `ends` (each at least WINDOW_SAMPLES)."""
-    samples = np.asarray(samples, dtype=np.float64)
-    speed, cycle = [], []
-    for end in ends:
-        start = int(end) - WINDOW_SAMPLES
-        powers = np.stack([segment_power(samples[s:s + SEGMENT_SAMPLES]) for s in segment_starts(start)])
-        speed.append(speed_profile(powers))
-        cycle.append(cycle_profile(samples[start:int(end)]))
-    return Profiles(np.array(speed).reshape(-1, SPEED_GRID.size), np.array(cycle).reshape(-1, CYCLE_GRID.size))
+    """Profiles of the windows of a clip that end at sample positions `ends` (each at least WINDOW_SAMPLES): the
+    clip streamed at once, so a clip and a stream of it give the same numbers by construction."""
+    found = [p for p in StreamProfiles().push(samples, ends) if p is not None]
+    return Profiles.stack(found) if found else Profiles(np.empty((0, SPEED_GRID.size)), np.empty((0, CYCLE_GRID.size)))
 
 
 def shifted(template: np.ndarray, max_shift: int) -> np.ndarray:
@@ -186,8 +181,7 @@ class TimingModel:
         return (np.maximum(0.0, self.raw(profiles) - self.centre) / self.scale).max(axis=1)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"speed_template": self.speed_template, "cycle_template": self.cycle_template,
-                "centre": self.centre, "scale": self.scale}
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TimingModel":
@@ -218,8 +212,8 @@ def fit_timing(fit: Profiles, heldout: Profiles) -> TimingModel:
 
 
 class StreamProfiles:
-    """The streaming form: the samples of the last window, and each spectrum segment computed once (consecutive
-    windows share all but one). Gives the same numbers as `window_profiles` on the same samples."""
+    """The samples of the last window, and each spectrum segment computed once (consecutive windows share all but
+    one): the agent's stream and, fed a whole clip at once, calibration's `window_profiles`."""
 
     def __init__(self) -> None:
         self._samples = np.zeros(0)

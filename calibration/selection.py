@@ -98,8 +98,9 @@ def clip_timing(samples: np.ndarray) -> Profiles:
 
 
 def cached_clip(path: Path, channel: int | str, features: tuple[np.ndarray, np.ndarray | None]) -> NormalClip:
-    """A clip for scoring from its cached (dB patches, CNN features); the timing profiles come from the file."""
-    return NormalClip(np.empty(0, np.float32), *features, clip_timing(read_wav(path, channel)))
+    """A clip from its cached (dB patches, CNN features); its samples and timing profiles come from the file."""
+    samples = read_wav(path, channel)
+    return NormalClip(samples, *features, clip_timing(samples))
 
 
 def prepare_clip(samples: np.ndarray, extractor, params: FrontEndParams) -> NormalClip:
@@ -290,8 +291,8 @@ def choose_from_files(paths: Sequence[Path], extractor_sha256: str | None = None
     """`choose_pipeline` on normal recordings given as files (e.g. evaluation's training clips), one in four
     held out as calibration holds out its blocks. A file named as an anomaly (anomaly_*, abnormal_*, or in an
     abnormal/ or anomaly/ folder) is refused before anything is read. `clip_features(path) -> (dB patches, CNN
-    features)` lets a caller reuse cached features: each file is still read for its timing profiles, and its
-    samples kept only if it is held out (the faults go into those)."""
+    features)` lets a caller reuse cached features; each file is still read once, for its timing profiles and, if
+    it is held out, its samples (the faults go into those)."""
     named = [p for p in map(Path, paths) if named_as_anomaly(p)]
     if named:
         raise ConfigError(f"{named[0]}: named as an anomaly; the pipeline is chosen from normal recordings only")
@@ -303,10 +304,10 @@ def choose_from_files(paths: Sequence[Path], extractor_sha256: str | None = None
         raise ConfigError(f"{Path(paths[0]).parent}: {len(clips)} normal training clips; choosing a pipeline needs "
                           f"at least {MIN_THRESHOLD_SCORES * HELDOUT_EVERY} of 10 s or more (one in {HELDOUT_EVERY} is "
                           f"held out, and a threshold needs {MIN_THRESHOLD_SCORES} held-out windows)")
-    if clip_features is not None:
-        for path, clip, h in zip(map(Path, paths), clips, held):
-            if h:
-                clip.samples = read_wav(path, channel)
+    if clip_features is not None:  # many cached training clips: keep only the samples the faults need
+        for clip, h in zip(clips, held):
+            if not h:
+                clip.samples = np.empty(0, np.float32)
     return choose_pipeline(clips, held, extractor_sha256, extractor, params, **options)
 
 
