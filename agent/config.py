@@ -12,15 +12,16 @@ import dataclasses
 import pathlib
 import re
 import sys
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from agent.errors import ConfigError, ModelError
-from agent.paths import data_dir
-from agent.publish import TOML_NAMES, MqttSettings
+import tomllib
+
+from humwatch.agent.errors import ConfigError, ModelError
+from humwatch.agent.paths import data_dir
+from humwatch.agent.transport.publish import TOML_NAMES, MqttSettings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # safe as one MQTT topic level and a file name
 
@@ -313,7 +314,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.bundle import Bundle
+    from humwatch.agent.model.bundle import Bundle
 
     if args.file is None:
         if not args.reference:

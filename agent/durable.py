@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from agent.errors import ConfigError
+from humwatch.agent.errors import ConfigError
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object] | bytes,

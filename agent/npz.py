@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.errors import ModelError
+from humwatch.agent.errors import ModelError
 
 
 def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:

@@ -31,12 +31,12 @@ import numpy as np  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.audio import read_wav  # noqa: E402
-from agent.bundle import Bundle  # noqa: E402
-from agent.capture import FRAMES_PER_BUFFER  # noqa: E402
-from agent.paths import default_model  # noqa: E402
-from agent.pipeline import Pipeline  # noqa: E402
-from agent.spec import SAMPLE_RATE  # noqa: E402
+from humwatch.agent.contract import SAMPLE_RATE  # noqa: E402
+from humwatch.agent.model.bundle import Bundle  # noqa: E402
+from humwatch.agent.model.pipeline import Pipeline  # noqa: E402
+from humwatch.agent.paths import default_model  # noqa: E402
+from humwatch.agent.service.capture import FRAMES_PER_BUFFER  # noqa: E402
+from humwatch.agent.signal.audio import read_wav  # noqa: E402
 from tests.plugins.broker import Mosquitto, Subscriber  # noqa: E402
 from tests.plugins.sound import AlsaFileDevice  # noqa: E402
 
@@ -52,8 +52,8 @@ def back_and_forth(clip: np.ndarray, seconds: float) -> np.ndarray:
 
 
 def calibrated_bundle(model: pathlib.Path, preset: str, directory: pathlib.Path) -> pathlib.Path:
-    from calibration.calibrate import calibrate
-    from calibration.collect import wav_blocks
+    from humwatch.calibration.calibrate import calibrate
+    from humwatch.calibration.collect import wav_blocks
 
     link = directory / "bundle"
     calibrate(wav_blocks([DCASE / "train"]), model, link, preset=preset, machine="bench", report=False)
@@ -149,7 +149,7 @@ def live_agent(bundle: pathlib.Path, normal: np.ndarray, fault: np.ndarray, work
                             back_and_forth(normal, 5.0)])
     device.play(audio)
     log = open(work / "agent.log", "w")
-    agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config)], cwd=REPO,
+    agent = subprocess.Popen([sys.executable, "-m", "humwatch", "run", "--config", str(config)], cwd=REPO,
                              env={**device.env, "PYTHONPATH": str(REPO)}, stdout=log, stderr=log)
     try:
         while device.written_at(int(10 * SAMPLE_RATE)) is None:  # startup and the first 10 s, drained

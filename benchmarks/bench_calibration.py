@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.paths import default_model
+from humwatch.agent.paths import default_model
 
 SHARED_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "audio" / "dcase2020-id00" / "train"
 
@@ -39,7 +39,7 @@ def model_path(given: Path | None, scratch: Path) -> Path:
         return given
     if default_model("int8").exists():
         return default_model("int8")
-    from convert.cli import convert  # workstation-only: tensorflow
+    from humwatch.convert.cli import convert  # workstation-only: tensorflow
 
     print(f"converting SqueezeNet 1.1 into {scratch} (not timed)", file=sys.stderr)
     return convert("squeezenet1_1", out_dir=scratch, precisions=("int8",))["int8"]
@@ -50,15 +50,15 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help=f"int8 SqueezeNet 1.1 extractor (default: {default_model('int8')})")
     parser.add_argument("--audio", type=Path, default=SHARED_CLIPS, help="folder of normal 10 s clips")
     parser.add_argument("--clips", type=int, default=60, help="clips used (60 x 10 s = 10 min)")
-    parser.add_argument("--preset", default="auto", help="candidate pipelines (calibration.selection.PRESETS)")
+    parser.add_argument("--preset", default="auto", help="candidate pipelines (humwatch.calibration.selection.PRESETS)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     with tempfile.TemporaryDirectory() as scratch:
         model = model_path(args.model, Path(scratch) / "models")
-        from calibration.calibrate import calibrate  # libraries loaded before the baseline is taken
-        from calibration.collect import wav_blocks
-        importlib.import_module("calibration.report")  # matplotlib, which the report stage loads
+        from humwatch.calibration.calibrate import calibrate  # libraries loaded before the baseline is taken
+        from humwatch.calibration.collect import wav_blocks
+        importlib.import_module("humwatch.calibration.report")  # matplotlib, which the report stage loads
 
         clips = sorted(args.audio.glob("*.wav"))[: args.clips]
         baseline = resident_mib()

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from agent import spec
-from agent.errors import ModelError
-from agent.extractor import Extractor
-from convert.backbones import ARCHITECTURES
-from convert.cli import convert
-from convert.representative import default_audio, representative_images
-from convert.weights import default_shared_dir, locate_weights
+from humwatch.agent import contract
+from humwatch.agent.errors import ModelError
+from humwatch.agent.model.extractor import Extractor
+from humwatch.convert.backbones import ARCHITECTURES
+from humwatch.convert.cli import convert
+from humwatch.convert.representative import default_audio, representative_images
+from humwatch.convert.weights import default_shared_dir, locate_weights
 
 
 def median_ms_per_patch(extractor: Extractor, images: np.ndarray, batch: int, repeats: int) -> float:
@@ -55,7 +55,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     images, source = representative_images(default_audio(default_shared_dir()), 120)
-    window = spec.WINDOW_PATCHES
+    window = contract.WINDOW_PATCHES
     print(f"inputs: {source}; median of {args.repeats} calls; ms per patch")
     print(f"{'architecture':14} {'weights':8} {'precision':9} {'size MB':>8} "
           f"{'1 thr b1':>9} {'2 thr b1':>9} {'1 thr b18':>10} {'2 thr b18':>10}")

@@ -13,9 +13,9 @@ for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from agent.frontend import FrontEnd, clip_patches  # noqa: E402
-from agent.paths import default_model  # noqa: E402
-from agent.spec import SAMPLE_RATE  # noqa: E402
+from humwatch.agent.contract import SAMPLE_RATE  # noqa: E402
+from humwatch.agent.paths import default_model  # noqa: E402
+from humwatch.agent.signal.frontend import FrontEnd, clip_patches  # noqa: E402
 
 
 def best_of(repeats: int, work) -> tuple[float, float]:
@@ -47,7 +47,7 @@ def main() -> None:
     if not os.path.exists(args.model):
         print(f"no int8 model at {args.model}: run `humwatch convert squeezenet1_1` for the ratio to inference")
         return
-    from agent.extractor import Extractor
+    from humwatch.agent.model.extractor import Extractor
 
     extractor = Extractor(args.model, num_threads=1)
     images = clip_patches(clip).images

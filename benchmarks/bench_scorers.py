@@ -27,13 +27,13 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from agent.audio import read_wav  # noqa: E402
-from agent.errors import ModelError  # noqa: E402
-from agent.frontend import PatchBatch, clip_patches  # noqa: E402
-from agent.paths import default_model  # noqa: E402
-from agent.scorers import load_detector  # noqa: E402
-from agent.spec import WINDOW_PATCHES  # noqa: E402
-from calibration.detectors import KINDS, fit_detector  # noqa: E402
+from humwatch.agent.contract import WINDOW_PATCHES  # noqa: E402
+from humwatch.agent.errors import ModelError  # noqa: E402
+from humwatch.agent.model.scorers import load_detector  # noqa: E402
+from humwatch.agent.paths import default_model  # noqa: E402
+from humwatch.agent.signal.audio import read_wav  # noqa: E402
+from humwatch.agent.signal.frontend import PatchBatch, clip_patches  # noqa: E402
+from humwatch.calibration.detectors import KINDS, fit_detector  # noqa: E402
 
 AUDIO = pathlib.Path(__file__).resolve().parents[2] / "shared" / "audio" / "dcase2020-id00"
 STAND_IN_SHA = "0" * 64
@@ -74,12 +74,12 @@ def inference_seconds(model: pathlib.Path, batch: PatchBatch, repeat: int):
         print(f"no converted model at {model}")
         return None, None
     try:
-        from agent.extractor import Extractor
+        from humwatch.agent.model.extractor import Extractor
         extractor = Extractor(model, num_threads=1)
         return median_seconds(lambda: extractor.embed(batch.images[:1]), repeat), extractor
     except (ImportError, ModelError) as exc:
         print(f"extractor unavailable ({exc}); timing the raw interpreter of {model}")
-    from agent.runtime import load_interpreter
+    from humwatch.agent.model.runtime import load_interpreter
     interpreter = load_interpreter(model, num_threads=1)
     detail = interpreter.get_input_details()[0]
     interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"]))

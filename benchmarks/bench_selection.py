@@ -16,11 +16,11 @@ for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from agent.audio import read_wav  # noqa: E402
-from agent.extractor import Extractor  # noqa: E402
-from agent.spec import FrontEndParams  # noqa: E402
-from calibration.selection import PRESETS, choose_pipeline, prepare_clip  # noqa: E402
-from calibration.threshold import heldout_mask  # noqa: E402
+from humwatch.agent.contract import FrontEndParams  # noqa: E402
+from humwatch.agent.model.extractor import Extractor  # noqa: E402
+from humwatch.agent.signal.audio import read_wav  # noqa: E402
+from humwatch.calibration.selection import PRESETS, choose_pipeline, prepare_clip  # noqa: E402
+from humwatch.calibration.threshold import heldout_mask  # noqa: E402
 
 SHARED_CLIPS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "audio" / "dcase2020-id00" / "train"
 

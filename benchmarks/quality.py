@@ -35,18 +35,18 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from agent.audio import read_wav  # noqa: E402
-from agent.extractor import Extractor  # noqa: E402
-from agent.frontend import images_from_db  # noqa: E402
-from agent.spec import WINDOW_PATCHES, FrontEndParams  # noqa: E402
-from calibration.candidates import CANDIDATES, CNN, Part, fit_part, score_part  # noqa: E402
-from calibration.faults import fault_grid, inject  # noqa: E402
-from calibration.selection import NormalClip, cached_clip, choose_from_files, leaves_default, prepare_clip  # noqa: E402
-from calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY, choose_threshold, heldout_mask  # noqa: E402
-from evaluation.cache import FeatureCache  # noqa: E402
-from evaluation.datasets import MachineClips, find_machines  # noqa: E402
-from evaluation.features import cnn_source, patch_db_source  # noqa: E402
-from evaluation.protocol import roc_auc, split  # noqa: E402
+from humwatch.agent.contract import WINDOW_PATCHES, FrontEndParams  # noqa: E402
+from humwatch.agent.model.extractor import Extractor  # noqa: E402
+from humwatch.agent.signal.audio import read_wav  # noqa: E402
+from humwatch.agent.signal.frontend import images_from_db  # noqa: E402
+from humwatch.calibration.candidates import CANDIDATES, CNN, Part, fit_part, score_part  # noqa: E402
+from humwatch.calibration.faults import fault_grid, inject  # noqa: E402
+from humwatch.calibration.selection import NormalClip, cached_clip, choose_from_files, leaves_default, prepare_clip  # noqa: E402
+from humwatch.calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY, choose_threshold, heldout_mask  # noqa: E402
+from humwatch.evaluation.cache import FeatureCache  # noqa: E402
+from humwatch.evaluation.datasets import MachineClips, find_machines  # noqa: E402
+from humwatch.evaluation.features import cnn_source, patch_db_source  # noqa: E402
+from humwatch.evaluation.protocol import roc_auc, split  # noqa: E402
 
 log = logging.getLogger("quality")
 
@@ -265,7 +265,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("calibration.detectors").setLevel(logging.WARNING)
+    logging.getLogger("humwatch.calibration.detectors").setLevel(logging.WARNING)
     cache_root = args.cache or args.out / "cache"
     if args.seed_cache and args.seed_cache.is_dir():
         shutil.copytree(args.seed_cache, cache_root, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))

@@ -21,13 +21,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.audio import read_wav  # noqa: E402
-from agent.bundle import TIMING_NAME, Bundle  # noqa: E402
-from agent.pipeline import PatchScore, Pipeline  # noqa: E402
-from agent.spec import SAMPLE_RATE  # noqa: E402
-from calibration.calibrate import DEFAULT_PRESET, calibrate  # noqa: E402
-from calibration.collect import wav_blocks  # noqa: E402
-from calibration.faults import FAULT_KINDS, Fault, inject  # noqa: E402
+from humwatch.agent.contract import SAMPLE_RATE  # noqa: E402
+from humwatch.agent.model.bundle import TIMING_NAME, Bundle  # noqa: E402
+from humwatch.agent.model.pipeline import PatchScore, Pipeline  # noqa: E402
+from humwatch.agent.signal.audio import read_wav  # noqa: E402
+from humwatch.calibration.calibrate import DEFAULT_PRESET, calibrate  # noqa: E402
+from humwatch.calibration.collect import wav_blocks  # noqa: E402
+from humwatch.calibration.faults import FAULT_KINDS, Fault, inject  # noqa: E402
 
 DCASE = REPO.parent / "shared" / "audio" / "dcase2020-id00"
 CALIBRATION_CLIPS = 40

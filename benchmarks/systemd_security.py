@@ -13,7 +13,7 @@ import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from agent.install import UNIT_NAME, packaged, render_unit, systemd_version  # noqa: E402
+from humwatch.agent.service.install import UNIT_NAME, packaged, render_unit, systemd_version  # noqa: E402
 
 
 def main() -> int:

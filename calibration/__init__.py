@@ -1,0 +1,1 @@
+"""Calibration on the board: learn a machine's normal sound, choose the threshold, write the bundle (+ scikit-learn)."""

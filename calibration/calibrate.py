@@ -20,16 +20,22 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from agent.bundle import write_bundle
-from agent.durable import write_atomic
-from agent.errors import AudioError, ConfigError, ModelError
-from agent.extractor import Extractor
-from agent.mel import mel_db
-from agent.spec import PATCH_SECONDS, SAMPLE_RATE, WINDOW_PATCHES, FrontEndParams
-from calibration.collect import Block, survey
-from calibration.selection import PRESETS, Selection, choose_pipeline, prepare_clip, preset_uses_cnn
-from calibration.threshold import (DEFAULT_FALSE_ALARMS_PER_DAY, HELDOUT_EVERY, MIN_HELDOUT_WINDOWS, Threshold,
-                                   choose_threshold, heldout_mask)
+from humwatch.agent.contract import PATCH_SECONDS, SAMPLE_RATE, WINDOW_PATCHES, FrontEndParams
+from humwatch.agent.durable import write_atomic
+from humwatch.agent.errors import AudioError, ConfigError, ModelError
+from humwatch.agent.model.bundle import write_bundle
+from humwatch.agent.model.extractor import Extractor
+from humwatch.agent.signal.mel import mel_db
+from humwatch.calibration.collect import Block, survey
+from humwatch.calibration.selection import PRESETS, Selection, choose_pipeline, prepare_clip, preset_uses_cnn
+from humwatch.calibration.threshold import (
+    DEFAULT_FALSE_ALARMS_PER_DAY,
+    HELDOUT_EVERY,
+    MIN_HELDOUT_WINDOWS,
+    Threshold,
+    choose_threshold,
+    heldout_mask,
+)
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +246,7 @@ class _StageClock:
 
 
 def _render_report(result: Calibration, blocks: list[Block], folder: Path) -> list[Path]:
-    from calibration.report import write_report  # matplotlib only when a report is made
+    from humwatch.calibration.report import write_report  # matplotlib only when a report is made
 
     spectrogram, title = _spectrogram_excerpt(blocks)
     return list(write_report(folder, result.summary_lines(), result.threshold, result.heldout_window_scores,

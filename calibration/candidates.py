@@ -1,7 +1,7 @@
 """The candidate pipelines a calibration chooses among, and how each of their detectors is fitted and scored.
 
 A candidate is one or more detectors ("parts") plus a fusion rule, exactly what a bundle holds (see
-`agent.bundle.DetectorEntry` and `agent.pipeline.PatchScorer`). Parts are shared between candidates (the fusion
+`agent.model.bundle.DetectorEntry` and `agent.model.pipeline.PatchScorer`). Parts are shared between candidates (the fusion
 candidates reuse the CNN and log-Mel parts), so each part is fitted and scored once per calibration.
 
 - paper:       SqueezeNet features, GMM with 80 diagonal components (Müller et al. 2020), reproducible preset.
@@ -12,14 +12,14 @@ candidates reuse the CNN and log-Mel parts), so each part is fitted and scored o
 - logmel-gmm:  no CNN: a diagonal GMM with 16 components on single 64-band log-Mel frames; a patch scores the mean
                of its frames. Sees level and band-energy changes that per-patch min-max images hide.
 - logmel-sd:   logmel-gmm (the spectrum) and the same GMM on each frame's first and second differences (its
-               dynamics, `agent.frames`: modulation, ticks, impacts), each standardised by its held-out normal
+               dynamics, `agent.signal.frames`: modulation, ticks, impacts), each standardised by its held-out normal
                scores, averaged. No CNN: deaf to a whine that the CNN hears (README).
 - fusion:      the paper's GMM-80, logmel-gmm and the dynamics GMM, each standardised, averaged (fusion-max: the
                largest).
 - fusion-2s:   fusion with the dynamics GMM read two-sided: a window scores the distance of its mean from the normal
                centre, so a sound *steadier* than normal (a clogged pump, a leak's steady hiss) counts as well; a
                likelihood alone calls it more normal than normal.
-- fusion-timing: fusion-2s plus the timing detector (agent.timing): the shaft speed and the cycle period of a window
+- fusion-timing: fusion-2s plus the timing detector (agent.model.timing): the shaft speed and the cycle period of a window
                against normal; beyond 4 held-out standard deviations its distance adds to the fused score. The
                default (calibration.selection).
 """
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
-from agent.frames import frame_patch_scores, frame_rows
-from agent.spec import PATCH_FRAMES, PATCH_HOP_FRAMES, logmel_extractor_sha256
-from calibration.detectors import FittedDetector, fit_detector
+from humwatch.agent.contract import PATCH_FRAMES, PATCH_HOP_FRAMES, logmel_extractor_sha256
+from humwatch.agent.signal.frames import frame_patch_scores, frame_rows
+from humwatch.calibration.detectors import FittedDetector, fit_detector
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ LOGMEL = "logmel-frames"
 LOGMEL_DYNAMICS = "logmel-dynamics"
 FRAME_GMM = (("n_components", 16), ("reg_covar", 1e-3), ("max_iter", 200))
 # A fused pipeline limits each detector's standardised patch score to this many held-out standard deviations, so
-# that one patch moves a window mean by at most 10/18 (agent.pipeline.limit). No effect on the development set's
+# that one patch moves a window mean by at most 10/18 (agent.model.pipeline.limit). No effect on the development set's
 # AUC (benchmarks/RESULTS.md); single-detector candidates, the paper's among them, score as published.
 FUSION_PATCH_SCORE_CAP = 10.0
 # Frames fitted by a frame-level detector at most: ten minutes of audio give ~37,000, a subsample is as good.
@@ -52,7 +52,7 @@ MAX_FIT_FRAMES = 20_000
 @dataclass(frozen=True)
 class Part:
     """One detector of a candidate: what it looks at and how it is fitted. `name` also names its reading in the
-    bundle, alarms and logs (agent.bundle.DetectorEntry.name)."""
+    bundle, alarms and logs (agent.model.bundle.DetectorEntry.name)."""
 
     name: str
     kind: str
@@ -61,7 +61,7 @@ class Part:
     pca_whiten: bool = False
     overrides: tuple[tuple[str, object], ...] = ()
     bic_components: tuple[int, ...] = ()  # when given, n_components is chosen among these by BIC
-    two_sided: bool = False  # a window scores its distance from the normal centre (agent.pipeline.window_reading)
+    two_sided: bool = False  # a window scores its distance from the normal centre (agent.model.pipeline.window_reading)
     reads: str | None = None  # another part whose fitted detector this one reads (differently): fitted once
 
     @property
@@ -79,8 +79,8 @@ class Candidate:
     name: str
     parts: tuple[str, ...]
     fusion: str = "mean"
-    patch_score_cap: float | None = None  # see agent.pipeline.limit
-    timing: bool = False  # the timing detector adds to the fused score (agent.pipeline.add_timing)
+    patch_score_cap: float | None = None  # see agent.model.pipeline.limit
+    timing: bool = False  # the timing detector adds to the fused score (agent.model.pipeline.add_timing)
 
     def uses_cnn(self) -> bool:
         return any(PARTS[p].feature_source == CNN for p in self.parts)
@@ -132,7 +132,7 @@ def fit_part(part: Part, cnn: np.ndarray | None, db: np.ndarray, extractor_sha25
 
 
 def score_part(part: Part, fitted: FittedDetector, cnn: np.ndarray | None, db: np.ndarray) -> np.ndarray:
-    """Raw per-patch scores of one part, exactly as `agent.pipeline.PatchScorer` computes them on the board."""
+    """Raw per-patch scores of one part, exactly as `agent.model.pipeline.PatchScorer` computes them on the board."""
     if part.feature_source == CNN:
         return fitted.score(cnn)
     return frame_patch_scores(fitted.score, part.feature_source, db)

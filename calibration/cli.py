@@ -9,11 +9,11 @@ import argparse
 import logging
 import pathlib
 
-from agent.bundle import versions_dir
-from agent.durable import refuse_unwritable
-from agent.errors import ConfigError
-from agent.paths import default_model
-from calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY
+from humwatch.agent.durable import refuse_unwritable
+from humwatch.agent.errors import ConfigError
+from humwatch.agent.model.bundle import versions_dir
+from humwatch.agent.paths import default_model
+from humwatch.calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bundle path (default: the config's model.bundle, else "
                              f"{STATE_DIR}/<machine>/bundle)")
     parser.add_argument("--machine", metavar="NAME", help="machine name (default: the config's machine.name)")
-    from calibration.selection import PRESETS  # the names only; scikit-learn is already needed to calibrate
+    from humwatch.calibration.selection import PRESETS  # the names only; scikit-learn is already needed to calibrate
 
     parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
                         help="pipeline: 'auto' (default) chooses per machine among all candidates by synthetic "
@@ -64,8 +64,13 @@ def run(args: argparse.Namespace) -> int:
         refuse_unwritable(f"--out {out}" if args.out else f"bundle path {out}", folder)
     if args.report_dir is not None:
         refuse_unwritable(f"--report-dir {args.report_dir}", args.report_dir)
-    from calibration.calibrate import DEFAULT_PRESET, MIN_MINUTES, STEADY_MINUTES, calibrate  # scikit-learn, TFLite
-    from calibration.collect import record, split_blocks, wav_blocks
+    from humwatch.calibration.calibrate import (  # scikit-learn, TFLite
+        DEFAULT_PRESET,
+        MIN_MINUTES,
+        STEADY_MINUTES,
+        calibrate,
+    )
+    from humwatch.calibration.collect import record, split_blocks, wav_blocks
 
     if args.record is not None and args.record < MIN_MINUTES:
         raise ConfigError(f"--record {args.record:g}: calibration needs at least {MIN_MINUTES} min of normal sound "
@@ -97,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace, out: pathlib.Path) -> int:
-    from agent.bundle import rollback
+    from humwatch.agent.model.bundle import rollback
 
     if args.sources or args.record is not None:
         raise ConfigError("--rollback takes no audio; it only restores the previous bundle")
@@ -109,7 +114,7 @@ def _rollback(args: argparse.Namespace, out: pathlib.Path) -> int:
 def _load_config(path: pathlib.Path | None):
     if path is None:
         return None
-    from agent.config import load_config
+    from humwatch.agent.config import load_config
 
     return load_config(path)
 

@@ -17,11 +17,11 @@ from typing import Iterable, TextIO
 
 import numpy as np
 
-from agent.audio import read_wav
-from agent.config import SensorConfig
-from agent.errors import AudioError
-from agent.mel import mel_db
-from agent.spec import SAMPLE_RATE
+from humwatch.agent.config import SensorConfig
+from humwatch.agent.contract import SAMPLE_RATE
+from humwatch.agent.errors import AudioError
+from humwatch.agent.signal.audio import read_wav
+from humwatch.agent.signal.mel import mel_db
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def wav_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def wav_blocks(paths: Iterable[str | os.PathLike]) -> list[Block]:
-    """Blocks of every WAV file named (files read one at a time through agent.audio.read_wav)."""
+    """Blocks of every WAV file named (files read one at a time through agent.signal.audio.read_wav)."""
     blocks: list[Block] = []
     for path in wav_paths(paths):
         blocks.extend(split_blocks(str(path), read_wav(path)))
@@ -204,11 +204,11 @@ def record(minutes: float, device: int | str | None = None, rate: int = SAMPLE_R
     """Record `minutes` from an input device (PortAudio index, part of its name, or None: the default input) as
     16 kHz mono float32, drawing progress and a level meter on one line of `out` (default stderr).
 
-    The device is captured exactly as the agent captures it (agent.capture.DeviceSource: `rate`, `channels`, the
+    The device is captured exactly as the agent captures it (agent.service.capture.DeviceSource: `rate`, `channels`, the
     analysed `channel` or "mean"), so a bundle is calibrated on the sound the agent will hear. A device that delivers
     nothing for RECORD_STALL_SECONDS is an AudioError, not a wait without end.
     """
-    from agent.capture import DeviceSource
+    from humwatch.agent.service.capture import DeviceSource
 
     out = out or sys.stderr
     if not minutes > 0:

@@ -1,7 +1,7 @@
 """Fit the anomaly detectors of the paper on normal-sound features with scikit-learn.
 
 Every detector is fitted on standardised features (a StandardScaler fitted on the same normal training features),
-optionally projected by PCA, so the board can repeat the exact transform with numpy (see `agent.scorers`).
+optionally projected by PCA, so the board can repeat the exact transform with numpy (see `agent.model.scorers`).
 Sign convention, stated once for the whole project: higher score = more anomalous.
 
 Defaults follow Müller et al. (2020): GMM with 80 diagonal components (k-means init, 150 iterations),
@@ -26,9 +26,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from agent.errors import ModelError
-from agent.scorers import Detector, DetectorArrays
-from calibration.export import detector_arrays, write_npz_atomic
+from humwatch.agent.errors import ModelError
+from humwatch.agent.model.scorers import Detector, DetectorArrays
+from humwatch.calibration.export import detector_arrays, write_npz_atomic
 
 log = logging.getLogger(__name__)
 

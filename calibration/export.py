@@ -1,7 +1,7 @@
-"""Turn a fitted scikit-learn detector into the plain numpy arrays that `agent.scorers` reads (one .npz).
+"""Turn a fitted scikit-learn detector into the plain numpy arrays that `agent.model.scorers` reads (one .npz).
 
 The file holds no pickles: strings are 0-d unicode arrays, so the board loads it with allow_pickle=False.
-Layout (schema `agent.spec.SCHEMA_VERSION`), common to every kind:
+Layout (schema `agent.contract.SCHEMA_VERSION`), common to every kind:
     schema_version, kind, feature_dim, extractor_sha256, feature_source, scaler_mean, scaler_scale,
     optionally projection_mean (d,), projection_matrix (p, d)  [PCA applied after standardisation]
 and per kind (k components, m support vectors, n training points, p = projected dimension or d):
@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.special import digamma
 
-from agent.durable import write_atomic
-from agent.errors import ModelError
-from agent.spec import SCHEMA_VERSION
+from humwatch.agent.contract import SCHEMA_VERSION
+from humwatch.agent.durable import write_atomic
+from humwatch.agent.errors import ModelError
 
 if TYPE_CHECKING:
-    from calibration.detectors import FittedDetector
+    from humwatch.calibration.detectors import FittedDetector
 
 
 def detector_arrays(fitted: "FittedDetector") -> dict[str, np.ndarray]:

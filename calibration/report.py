@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.durable import write_atomic
-from agent.spec import HOP_LENGTH, SAMPLE_RATE
-from calibration.threshold import Threshold
+from humwatch.agent.contract import HOP_LENGTH, SAMPLE_RATE
+from humwatch.agent.durable import write_atomic
+from humwatch.calibration.threshold import Threshold
 
 PNG_NAME = "calibration-report.png"
 TEXT_NAME = "calibration-report.txt"

@@ -23,21 +23,26 @@ from typing import Callable, Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from agent.audio import read_wav
-from agent.errors import ConfigError
-from agent.frontend import clip_patches
-from agent.bundle import DetectorEntry
-from agent.pipeline import add_timing, fuse, limit, standardise, window_readings
-from agent.scorers import window_mean
-from agent.spec import WINDOW_PATCHES, WINDOW_SAMPLES, FrontEndParams
-from agent.timing import DEFAULT_GATE, Profiles, TimingModel, fit_timing, window_ends, window_profiles
-from calibration.candidates import CANDIDATES, CNN, PARTS, Candidate, Part, fit_part, score_part
-from calibration.collect import named_as_anomaly
-from calibration.detectors import FittedDetector
-from calibration.export import write_npz_atomic
-from calibration.faults import FAULT_KINDS, fault_grid, inject
-from calibration.threshold import (DEFAULT_FALSE_ALARMS_PER_DAY, HELDOUT_EVERY, MIN_THRESHOLD_SCORES,
-                                  choose_threshold, heldout_mask)
+from humwatch.agent.contract import WINDOW_PATCHES, WINDOW_SAMPLES, FrontEndParams
+from humwatch.agent.errors import ConfigError
+from humwatch.agent.model.bundle import DetectorEntry
+from humwatch.agent.model.pipeline import add_timing, fuse, limit, standardise, window_readings
+from humwatch.agent.model.scorers import window_mean
+from humwatch.agent.model.timing import DEFAULT_GATE, Profiles, TimingModel, fit_timing, window_ends, window_profiles
+from humwatch.agent.signal.audio import read_wav
+from humwatch.agent.signal.frontend import clip_patches
+from humwatch.calibration.candidates import CANDIDATES, CNN, PARTS, Candidate, Part, fit_part, score_part
+from humwatch.calibration.collect import named_as_anomaly
+from humwatch.calibration.detectors import FittedDetector
+from humwatch.calibration.export import write_npz_atomic
+from humwatch.calibration.faults import FAULT_KINDS, fault_grid, inject
+from humwatch.calibration.threshold import (
+    DEFAULT_FALSE_ALARMS_PER_DAY,
+    HELDOUT_EVERY,
+    MIN_THRESHOLD_SCORES,
+    choose_threshold,
+    heldout_mask,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +89,7 @@ def default_injections(seed: int = 0) -> list[Injection]:
 @dataclass
 class NormalClip:
     """One block of normal sound as every candidate sees it: samples, dB patches, (if a CNN is used) features, and
-    the timing profiles of its full windows (agent.timing)."""
+    the timing profiles of its full windows (agent.model.timing)."""
 
     samples: np.ndarray
     db: np.ndarray
@@ -144,7 +149,8 @@ class Selection:
         return self.chosen.fusion
 
     def manifest_fields(self) -> dict:
-        """The bundle manifest's `detectors`, `fusion` and `patch_score_cap` for the chosen candidate (agent.bundle)."""
+        """The bundle manifest's `detectors`, `fusion` and `patch_score_cap` for the chosen candidate
+        (agent.model.bundle)."""
         timing = {"file": TIMING_FILE, "gate": DEFAULT_GATE} if self.chosen.timing else None
         return {"fusion": self.fusion, "patch_score_cap": self.chosen.patch_score_cap,
                 "detectors": [asdict(self.entries[p]) for p in self.chosen.parts], "timing": timing}
@@ -187,7 +193,7 @@ class Selection:
         """The largest window score the chosen (or another fitted) candidate can give, or None if unbounded. An RBF
         OC-SVM scores -(sum_i dual_i k(z, sv_i) + intercept) with dual_i >= 0 and 0 < k <= 1, so at most
         -intercept (standardised here as the bundle standardises it); a GMM is unbounded, unless its pipeline caps
-        each patch score (agent.pipeline.limit), and a two-sided reading is unbounded anyway: it counts the distance
+        each patch score (agent.model.pipeline.limit), and a two-sided reading is unbounded anyway: it counts the distance
         below its centre, where patch scores have no bound."""
         chosen = self._candidate(candidate)
         ceilings = []
@@ -236,7 +242,7 @@ def choose_pipeline(clips: Sequence[NormalClip], held: np.ndarray, extractor_sha
     """Fit the candidates on the clips where `held` is False, and choose one by synthetic faults in the others:
     the one that catches most of them at the threshold it would get for `false_alarms_per_day`.
 
-    `extractor` (an `agent.extractor.Extractor`, with `params` its front end) embeds the faulted copies; without
+    `extractor` (an `agent.model.extractor.Extractor`, with `params` its front end) embeds the faulted copies; without
     it, only candidates without a CNN are considered. A single candidate is fitted and returned without faults
     (a preset such as "paper").
     """

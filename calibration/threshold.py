@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from agent.spec import PATCH_SECONDS, WINDOW_PATCHES
+from humwatch.agent.contract import PATCH_SECONDS, WINDOW_PATCHES
 
 SECONDS_PER_DAY = 86_400.0
 HELDOUT_EVERY = 4  # one block in four is held out for the threshold

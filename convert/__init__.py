@@ -1,0 +1,1 @@
+"""Workstation: ImageNet CNNs to TFLite feature extractors (+ tensorflow)."""

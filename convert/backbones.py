@@ -14,8 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from agent import spec
-from agent.errors import ModelError
+from humwatch.agent import contract
+from humwatch.agent.errors import ModelError
 
 ARCHITECTURES = ("resnet18", "resnet34", "squeezenet1_0", "squeezenet1_1")
 HEADS = ("features", "logits")
@@ -95,10 +95,10 @@ def build_backbone(arch: str, params: Params | dict, *, preprocess: bool = True,
     if not isinstance(params, Params):
         params = Params(params)
     if preprocess:
-        inputs = keras.Input(shape=spec.IMAGE_SHAPE, name="images")
+        inputs = keras.Input(shape=contract.IMAGE_SHAPE, name="images")
         x = _imagenet_preprocess(inputs)
     else:
-        inputs = keras.Input(shape=(spec.MODEL_IMAGE_SIZE, spec.MODEL_IMAGE_SIZE, 3), name="normalised")
+        inputs = keras.Input(shape=(contract.MODEL_IMAGE_SIZE, contract.MODEL_IMAGE_SIZE, 3), name="normalised")
         x = inputs
     body: Callable = _resnet if arch.startswith("resnet") else _squeezenet
     outputs = body(arch, x, params, head)
@@ -109,10 +109,10 @@ def _imagenet_preprocess(images):
     """uint8-valued 64x64 image -> bilinear 224x224 -> /255 -> ImageNet mean/std, as one resize and one affine op."""
     import keras
 
-    size = spec.MODEL_IMAGE_SIZE
+    size = contract.MODEL_IMAGE_SIZE
     x = keras.layers.Resizing(size, size, interpolation="bilinear", name="resize")(images)
-    std = np.asarray(spec.IMAGENET_STD, dtype=np.float32)
-    mean = np.asarray(spec.IMAGENET_MEAN, dtype=np.float32)
+    std = np.asarray(contract.IMAGENET_STD, dtype=np.float32)
+    mean = np.asarray(contract.IMAGENET_MEAN, dtype=np.float32)
     return keras.layers.Rescaling(scale=1.0 / (255.0 * std), offset=-mean / std, name="imagenet_normalise")(x)
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent import spec
-from agent.durable import refuse_unwritable
-from agent.errors import ConfigError
-from convert.backbones import ARCHITECTURES
+from humwatch.agent import contract
+from humwatch.agent.durable import refuse_unwritable
+from humwatch.agent.errors import ConfigError
+from humwatch.convert.backbones import ARCHITECTURES
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.paths import models_dir
+    from humwatch.agent.paths import models_dir
 
     precisions = PRECISIONS if args.precision == "both" else (args.precision,)
     paths = convert(args.arch, precisions=precisions, weights=args.weights, weights_dir=args.weights_dir,
@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
 def resolve_weights(arch: str, weights: Path | None, weights_dir: Path | None, download: bool,
                     random_seed: int | None) -> tuple[dict[str, np.ndarray], dict, Path | None]:
     """The checked state dict, its description for the sidecar (file name and sha256) and its file."""
-    from convert import weights as w
-    from convert.backbones import random_state_dict
+    from humwatch.convert import weights as w
+    from humwatch.convert.backbones import random_state_dict
 
     if random_seed is not None:
         state = random_state_dict(arch, random_seed)
@@ -95,9 +95,9 @@ def convert(arch: str, *, out_dir: Path, precisions: tuple[str, ...] = PRECISION
             name: str | None = None) -> dict[str, Path]:
     """Convert `arch` and write the requested precisions to `out_dir`; returns {precision: model path}."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of the progress log
-    from convert import representative, tflite, verify
-    from convert.backbones import build_backbone, feature_dim
-    from convert.weights import default_shared_dir
+    from humwatch.convert import representative, tflite, verify
+    from humwatch.convert.backbones import build_backbone, feature_dim
+    from humwatch.convert.weights import default_shared_dir
 
     if patches < MIN_PATCHES:
         raise ConfigError(f"--patches {patches}: need at least {MIN_PATCHES} to quantise and check the int8 model")
@@ -133,7 +133,7 @@ def convert(arch: str, *, out_dir: Path, precisions: tuple[str, ...] = PRECISION
             built["int8"] = content, tflite.sidecar(
                 content, architecture=arch, precision="int8", weights=weights_info, feature_dim=feature_dim(arch),
                 calibration={"representative": source, "patches": len(calibration),
-                             "image_scaling": asdict(spec.FrontEndParams())})
+                             "image_scaling": asdict(contract.FrontEndParams())})
             int8_path = tflite.write_extractor(Path(scratch) / f"{stem}-int8.tflite", *built["int8"])
             verify.int8_matches_float(int8_path, float_path, held_out)
     paths = {precision: tflite.write_extractor(out_dir / f"{stem}-{precision}.tflite", *built[precision])

@@ -2,7 +2,7 @@
 
 The quantiser learns each tensor's range from these images, so they must be what the board will feed: viridis
 patches of machine sound. They come from the WAV files the user points at (files or folders), by default the
-shared clips; with no audio at all, from the synthetic machines of `calibration.synth`.
+shared clips; with no audio at all, from the synthetic machines of `evaluation.synth`.
 """
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from agent import spec
-from agent.audio import read_wav
-from agent.errors import AudioError
-from agent.frontend import clip_patches
+from humwatch.agent import contract
+from humwatch.agent.errors import AudioError
+from humwatch.agent.signal.audio import read_wav
+from humwatch.agent.signal.frontend import clip_patches
 
 log = logging.getLogger(__name__)
 
 # Two images that pin the quantised input range to the full 0..255, so the uint8 input has scale 1, zero point 0
 # and the board feeds its images unchanged.
-RANGE_PINS = np.stack([np.zeros(spec.IMAGE_SHAPE, np.uint8), np.full(spec.IMAGE_SHAPE, 255, np.uint8)])
+RANGE_PINS = np.stack([np.zeros(contract.IMAGE_SHAPE, np.uint8), np.full(contract.IMAGE_SHAPE, 255, np.uint8)])
 
 
 def wav_files(paths: list[Path]) -> list[Path]:
@@ -44,9 +44,9 @@ def spread(items: list, count: int) -> list:
 
 
 def images_from_audio(files: list[Path], max_patches: int,
-                      params: spec.FrontEndParams = spec.FrontEndParams()) -> np.ndarray:
+                      params: contract.FrontEndParams = contract.FrontEndParams()) -> np.ndarray:
     """Up to `max_patches` patch images, drawn evenly from clips spread over `files` (channel 0 of each)."""
-    chosen = spread(files, -(-max_patches // spec.WINDOW_PATCHES))  # clips of the usual 10 s
+    chosen = spread(files, -(-max_patches // contract.WINDOW_PATCHES))  # clips of the usual 10 s
     batches = []
     for i, path in enumerate(chosen, 1):
         batch = clip_patches(read_wav(path, channel=0), params)
@@ -56,10 +56,10 @@ def images_from_audio(files: list[Path], max_patches: int,
     return images[spread(list(range(len(images))), max_patches)]
 
 
-def images_from_synth(max_patches: int, params: spec.FrontEndParams = spec.FrontEndParams(),
+def images_from_synth(max_patches: int, params: contract.FrontEndParams = contract.FrontEndParams(),
                       seed: int = 0) -> np.ndarray:
     """Patch images of synthetic machine sound, one 10 s clip per machine type and id in turn."""
-    from calibration.synth import MACHINE_TYPES, synth_clip
+    from humwatch.evaluation.synth import MACHINE_TYPES, synth_clip
 
     images: list[np.ndarray] = []
     index = 0
@@ -72,7 +72,7 @@ def images_from_synth(max_patches: int, params: spec.FrontEndParams = spec.Front
 
 
 def representative_images(audio: list[Path] | None, max_patches: int,
-                          params: spec.FrontEndParams = spec.FrontEndParams()) -> tuple[np.ndarray, str]:
+                          params: contract.FrontEndParams = contract.FrontEndParams()) -> tuple[np.ndarray, str]:
     """uint8 (n, 64, 64, 3) images for quantisation and a one-line description of where they came from."""
     files = wav_files(audio) if audio else []
     if audio and not files:
@@ -81,10 +81,10 @@ def representative_images(audio: list[Path] | None, max_patches: int,
         images = images_from_audio(files, max_patches, params)
         if len(images) == 0:
             raise AudioError(f"{', '.join(map(str, audio))}: no clip is long enough for one "
-                             f"{spec.PATCH_FRAMES}-frame patch")
+                             f"{contract.PATCH_FRAMES}-frame patch")
         return images, f"{len(images)} patches from {len(files)} WAV file(s) under {', '.join(map(str, audio))}"
     images = images_from_synth(max_patches, params)
-    return images, f"{len(images)} patches of synthetic machine sound (calibration.synth)"
+    return images, f"{len(images)} patches of synthetic machine sound (humwatch.evaluation.synth)"
 
 
 def default_audio(shared_dir: Path) -> list[Path] | None:

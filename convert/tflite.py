@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agent import spec
-from agent.durable import write_atomic
-from agent.extractor import sidecar_path
+from humwatch.agent import contract
+from humwatch.agent.durable import write_atomic
+from humwatch.agent.model.extractor import sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,13 @@ def sidecar(content: bytes, *, architecture: str, precision: str, weights: dict,
     import tensorflow as tf
 
     return {
-        "schema_version": spec.SCHEMA_VERSION,
+        "schema_version": contract.SCHEMA_VERSION,
         "kind": "humwatch-feature-extractor",
         "architecture": architecture,
         "precision": precision,
         "feature_dim": feature_dim,
         "weights": weights,
-        "frontend": {"version": spec.FRONTEND_VERSION, **spec.signal_contract()},
+        "frontend": {"version": contract.FRONTEND_VERSION, **contract.signal_contract()},
         **tensor_details(content),
         "quantisation": calibration,
         "humwatch_version": humwatch_version(),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.errors import ModelError
-from agent.extractor import Extractor
+from humwatch.agent.errors import ModelError
+from humwatch.agent.model.extractor import Extractor
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.errors import ModelError
-from agent.durable import file_sha256
-from convert.backbones import ARCHITECTURES, expected_shapes
+from humwatch.agent.durable import file_sha256
+from humwatch.agent.errors import ModelError
+from humwatch.convert.backbones import ARCHITECTURES, expected_shapes
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import os
 
 import numpy as np
 
-from evaluation.features import FeatureSource
-from evaluation.methods import FeatureMethod
+from humwatch.evaluation.features import FeatureSource
+from humwatch.evaluation.methods import FeatureMethod
 
 DENSE_FRAMES = 5
 DENSE_FRAME_STEP = 2  # hop 512 as the baseline, from our hop-256 frames

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from agent.durable import file_sha256, write_atomic
+from humwatch.agent.durable import file_sha256, write_atomic
 
 
 class FeatureCache:

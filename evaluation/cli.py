@@ -6,17 +6,17 @@ import pathlib
 import sys
 import time
 
-from agent.audio import parse_channel
-from agent.durable import refuse_unwritable
-from agent.errors import ConfigError
-from agent.spec import SCALINGS, FrontEndParams
-from evaluation.cache import FeatureCache
-from evaluation.datasets import find_machines
-from evaluation.features import cnn_source, logmel_source, patch_db_source
-from evaluation.methods import DetectorMethod, Method, PresetMethod
-from evaluation.protocol import PAPER_NORMAL_TEST
-from evaluation.report import markdown_table, write_reports
-from evaluation.runner import run_protocol
+from humwatch.agent.contract import SCALINGS, FrontEndParams
+from humwatch.agent.durable import refuse_unwritable
+from humwatch.agent.errors import ConfigError
+from humwatch.agent.signal.audio import parse_channel
+from humwatch.evaluation.cache import FeatureCache
+from humwatch.evaluation.datasets import find_machines
+from humwatch.evaluation.features import cnn_source, logmel_source, patch_db_source
+from humwatch.evaluation.methods import DetectorMethod, Method, PresetMethod
+from humwatch.evaluation.protocol import PAPER_NORMAL_TEST
+from humwatch.evaluation.report import markdown_table, write_reports
+from humwatch.evaluation.runner import run_protocol
 
 DETECTORS = ("gmm", "ocsvm", "bgmm", "iforest", "kde")
 PEERS = ("dcae", "dense_ae", "logmel_gmm")
@@ -57,7 +57,7 @@ def _list(text: str, allowed: tuple, flag: str) -> list[str]:
 
 def build_methods(args: argparse.Namespace) -> list[Method]:
     channel = parse_channel(args.channel)
-    from calibration.selection import PRESETS
+    from humwatch.calibration.selection import PRESETS
 
     detectors = _list(args.detectors, DETECTORS, "--detectors")
     presets = _list(args.presets, tuple(PRESETS), "--presets")
@@ -72,13 +72,13 @@ def build_methods(args: argparse.Namespace) -> list[Method]:
         methods += [PresetMethod(source, patch_db_source(channel), params, channel, preset)
                     for preset in presets]
     if "dcae" in peers:
-        from evaluation.autoencoders import DCAE_EPOCHS, ConvAutoencoder
+        from humwatch.evaluation.autoencoders import DCAE_EPOCHS, ConvAutoencoder
         methods.append(ConvAutoencoder(patch_db_source(channel), args.dcae_epochs or DCAE_EPOCHS))
     if "dense_ae" in peers:
-        from evaluation.autoencoders import DENSE_EPOCHS, DenseAutoencoder
+        from humwatch.evaluation.autoencoders import DENSE_EPOCHS, DenseAutoencoder
         methods.append(DenseAutoencoder(logmel_source(channel), args.dense_ae_epochs or DENSE_EPOCHS))
     if "logmel_gmm" in peers:
-        from evaluation.logmel_gmm import LogMelGmm
+        from humwatch.evaluation.logmel_gmm import LogMelGmm
         methods.append(LogMelGmm(logmel_source(channel)))
     if not methods:
         raise ConfigError("nothing to evaluate: give --models with --detectors or --presets, or --peers")

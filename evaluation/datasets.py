@@ -10,7 +10,7 @@ import pathlib
 import re
 from dataclasses import dataclass
 
-from agent.errors import ConfigError
+from humwatch.agent.errors import ConfigError
 
 _DCASE_NAME = re.compile(r"^(normal|anomaly)_(id_\d+)_.*\.wav$", re.IGNORECASE)
 _MIMII_SNR = re.compile(r"^(-?\d+(?:\.\d+)?)_?dB_", re.IGNORECASE)

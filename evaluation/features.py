@@ -10,11 +10,11 @@ from typing import Callable
 
 import numpy as np
 
-from agent.audio import read_wav
-from agent.frontend import clip_patches
-from agent.mel import mel_db
-from agent.spec import FrontEndParams, signal_contract
-from evaluation.cache import FeatureCache
+from humwatch.agent.contract import FrontEndParams, signal_contract
+from humwatch.agent.signal.audio import read_wav
+from humwatch.agent.signal.frontend import clip_patches
+from humwatch.agent.signal.mel import mel_db
+from humwatch.evaluation.cache import FeatureCache
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class FeatureSource:
     name: str
     description: dict
     compute: Callable[[pathlib.Path], np.ndarray]
-    extractor: object | None = None  # CNN sources: the agent.extractor.Extractor that computes the features
+    extractor: object | None = None  # CNN sources: the agent.model.extractor.Extractor that computes the features
 
     @property
     def extractor_sha256(self) -> str:
@@ -35,7 +35,7 @@ class FeatureSource:
 
 def cnn_source(model_path: pathlib.Path, params: FrontEndParams, channel=0, num_threads: int = 1) -> FeatureSource:
     """(18, d) float32 CNN features of a 10 s clip's patch images, from a converted TFLite extractor."""
-    from agent.extractor import Extractor  # the TFLite runtime loads only when a backbone is evaluated
+    from humwatch.agent.model.extractor import Extractor  # the TFLite runtime loads only when a backbone is evaluated
 
     extractor = Extractor(model_path, num_threads=num_threads)
     name = pathlib.Path(model_path).name.removesuffix(".tflite")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
-from agent.spec import PATCH_FRAMES, PATCH_HOP_FRAMES
-from evaluation.features import FeatureSource
-from evaluation.methods import FeatureMethod
+from humwatch.agent.contract import PATCH_FRAMES, PATCH_HOP_FRAMES
+from humwatch.evaluation.features import FeatureSource
+from humwatch.evaluation.methods import FeatureMethod
 
 COMPONENTS = 16
 

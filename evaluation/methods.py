@@ -11,8 +11,8 @@ import tempfile
 
 import numpy as np
 
-from evaluation.cache import FeatureCache
-from evaluation.features import FeatureSource
+from humwatch.evaluation.cache import FeatureCache
+from humwatch.evaluation.features import FeatureSource
 
 
 class Method(abc.ABC):
@@ -64,14 +64,14 @@ class PresetMethod(Method):
                                                                                 self.source.compute)
 
     def fit_paths(self, paths: list[pathlib.Path], cache: FeatureCache, seed: int) -> None:
-        from calibration.selection import PRESETS, choose_from_files
+        from humwatch.calibration.selection import PRESETS, choose_from_files
 
         self.selection = choose_from_files(paths, self.extractor.sha256, self.extractor, self.params, self.channel,
                                            clip_features=lambda p: self._features(p, cache),
                                            candidates=PRESETS[self.preset], seed=seed)
 
     def score_paths(self, paths: list[pathlib.Path], cache: FeatureCache) -> np.ndarray:
-        from calibration.selection import cached_clip
+        from humwatch.calibration.selection import cached_clip
 
         return np.array([self.selection.clip_score(cached_clip(p, self.channel, self._features(p, cache)))
                          for p in paths])
@@ -79,7 +79,7 @@ class PresetMethod(Method):
 
 class DetectorMethod(FeatureMethod):
     """A CNN backbone's patch features + a humwatch detector, fitted and scored exactly as on the board:
-    calibration.detectors.fit_detector, saved to .npz, loaded back through agent.scorers.load_detector."""
+    calibration.detectors.fit_detector, saved to .npz, loaded back through agent.model.scorers.load_detector."""
 
     def __init__(self, source: FeatureSource, kind: str) -> None:
         self.source, self.kind = source, kind
@@ -87,8 +87,8 @@ class DetectorMethod(FeatureMethod):
         self._detector = None
 
     def fit(self, train: list[np.ndarray], seed: int) -> None:
-        from agent.scorers import load_detector
-        from calibration.detectors import fit_detector
+        from humwatch.agent.model.scorers import load_detector
+        from humwatch.calibration.detectors import fit_detector
 
         fitted = fit_detector(self.kind, np.concatenate(train), self.source.extractor_sha256, random_state=seed)
         with tempfile.TemporaryDirectory(prefix="humwatch-eval-") as tmp:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
-from agent.errors import ConfigError
-from evaluation.datasets import MachineClips
+from humwatch.agent.errors import ConfigError
+from humwatch.evaluation.datasets import MachineClips
 
 PAPER_NORMAL_TEST = 150
 

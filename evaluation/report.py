@@ -7,8 +7,8 @@ import pathlib
 
 import numpy as np
 
-from agent.durable import write_atomic
-from evaluation.runner import Result
+from humwatch.agent.durable import write_atomic
+from humwatch.evaluation.runner import Result
 
 MEAN = "mean"
 

@@ -8,10 +8,10 @@ from typing import Callable
 
 import numpy as np
 
-from evaluation.cache import FeatureCache
-from evaluation.datasets import MachineClips
-from evaluation.methods import Method
-from evaluation.protocol import PAPER_NORMAL_TEST, roc_auc, split, normal_test_count
+from humwatch.evaluation.cache import FeatureCache
+from humwatch.evaluation.datasets import MachineClips
+from humwatch.evaluation.methods import Method
+from humwatch.evaluation.protocol import PAPER_NORMAL_TEST, normal_test_count, roc_auc, split
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Callable
 
-from agent.durable import write_atomic
-from agent.errors import ConfigError
+from humwatch.agent.durable import write_atomic
+from humwatch.agent.errors import ConfigError
 
 USER = "humwatch"
 AUDIO_GROUP = "audio"
@@ -154,7 +154,7 @@ def example_config(instance: str) -> str:
 
 
 def packaged(name: str) -> str:
-    return resources.files("agent").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("humwatch.agent.service").joinpath(name).read_text(encoding="utf-8")
 
 
 def command(*argv: str) -> Action:
@@ -310,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         executable = service_executable(args.executable or find_executable())
         if args.config_src:
-            from agent.config import load_config  # checks the file completely before it is installed
+            from humwatch.agent.config import load_config  # checks the file completely before it is installed
             load_config(args.config_src)
             text, origin = args.config_src.read_text(encoding="utf-8"), str(args.config_src)
         else:

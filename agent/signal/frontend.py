@@ -8,11 +8,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.mel import frame_count, mel_db_frames
-from agent.spec import (FIRST_PATCH_SAMPLES, HOP_LENGTH, IMAGE_SHAPE, N_FFT, N_MELS, PATCH_FRAMES,
-                        PATCH_HOP_FRAMES, PATCH_HOP_SAMPLES, FrontEndParams)
-from agent.viridis import VIRIDIS_RGB, colour_indices
-
+from humwatch.agent.contract import (
+    FIRST_PATCH_SAMPLES,
+    HOP_LENGTH,
+    IMAGE_SHAPE,
+    N_FFT,
+    N_MELS,
+    PATCH_FRAMES,
+    PATCH_HOP_FRAMES,
+    PATCH_HOP_SAMPLES,
+    FrontEndParams,
+)
+from humwatch.agent.signal.mel import frame_count, mel_db_frames
+from humwatch.agent.signal.viridis import VIRIDIS_RGB, colour_indices
 
 
 @dataclass
@@ -57,7 +65,8 @@ def unit_scale(db: np.ndarray, params: FrontEndParams) -> np.ndarray:
 
 
 def images_from_db(db: np.ndarray, params: FrontEndParams) -> np.ndarray:
-    """The one mapping from dB patches (n, mels, frames) to model images (n, 64, 64, 3) uint8, low bands at the bottom."""
+    """The one mapping from dB patches (n, mels, frames) to model images (n, 64, 64, 3) uint8, low bands at the
+    bottom."""
     return VIRIDIS_RGB.take(colour_indices(unit_scale(db, params))[:, ::-1], axis=0)
 
 
@@ -89,7 +98,8 @@ class FrontEnd:
         # with the batch size, and fixed blocks make a stream in any chunk size bit-identical to the offline path.
         blocks = frame_count(len(self._samples)) // PATCH_HOP_FRAMES
         block_span = (PATCH_HOP_FRAMES - 1) * HOP_LENGTH + N_FFT
-        new_frames = [mel_db_frames(self._samples[b * PATCH_HOP_SAMPLES: b * PATCH_HOP_SAMPLES + block_span]) for b in range(blocks)]
+        new_frames = [mel_db_frames(self._samples[b * PATCH_HOP_SAMPLES: b * PATCH_HOP_SAMPLES + block_span])
+                      for b in range(blocks)]
         self._samples = self._samples[blocks * PATCH_HOP_SAMPLES:]
         self._frames = np.concatenate([self._frames, *new_frames])
         n_patches = (len(self._frames) - PATCH_FRAMES) // PATCH_HOP_FRAMES + 1

@@ -29,17 +29,17 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from agent.alarm import AlarmPolicy, ChunkStats, SensorEvent, SensorHealth
-from agent.bundle import Bundle
-from agent.capture import AudioSource, DeviceSource, open_source
-from agent.config import Config, load_config
-from agent.errors import HumwatchError, ModelError
-from agent.frontend import clip_patches
-from agent.outbox import Outbox
-from agent.pipeline import PatchScore, Pipeline
-from agent.publish import MqttPublisher, describe_detector_scores
-from agent.sdnotify import Notifier, watchdog_interval
-from agent.spec import SAMPLE_RATE
+from humwatch.agent.config import Config, load_config
+from humwatch.agent.contract import SAMPLE_RATE
+from humwatch.agent.errors import HumwatchError, ModelError
+from humwatch.agent.model.bundle import Bundle
+from humwatch.agent.model.pipeline import PatchScore, Pipeline
+from humwatch.agent.service.alarm import AlarmPolicy, ChunkStats, SensorEvent, SensorHealth
+from humwatch.agent.service.capture import AudioSource, DeviceSource, open_source
+from humwatch.agent.service.sdnotify import Notifier, watchdog_interval
+from humwatch.agent.signal.frontend import clip_patches
+from humwatch.agent.transport.outbox import Outbox
+from humwatch.agent.transport.publish import MqttPublisher, describe_detector_scores
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from agent.durable import fsync_directory
-from agent.errors import ConfigError
-from agent.spec import SCHEMA_VERSION
+from humwatch.agent.contract import SCHEMA_VERSION
+from humwatch.agent.durable import fsync_directory
+from humwatch.agent.errors import ConfigError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alarms (

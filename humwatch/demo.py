@@ -1,6 +1,6 @@
 """`humwatch demo`: the whole product on one synthetic pump, with no hardware.
 
-It synthesises a healthy pump (calibration.synth: synthetic sound, not a recording), calibrates on it with the
+It synthesises a healthy pump (evaluation.synth: synthetic sound, not a recording), calibrates on it with the
 converted SqueezeNet 1.1 model, starts a local mosquitto, runs the real agent on a stream in which a bearing fault
 develops, and prints the alarm as an MQTT subscriber receives it, with the time from fault onset to alarm.
 """
@@ -24,15 +24,15 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from scipy.io import wavfile
 
-from agent.config import parse_config
-from agent.durable import refuse_unwritable
-from agent.errors import HumwatchError
-from agent.paths import default_model
-from agent.service import Agent
-from agent.spec import SAMPLE_RATE
-from calibration.calibrate import calibrate
-from calibration.collect import split_blocks
-from calibration.synth import Anomaly, synth_clip
+from humwatch.agent.config import parse_config
+from humwatch.agent.contract import SAMPLE_RATE
+from humwatch.agent.durable import refuse_unwritable
+from humwatch.agent.errors import HumwatchError
+from humwatch.agent.paths import default_model
+from humwatch.agent.service.run import Agent
+from humwatch.calibration.calibrate import calibrate
+from humwatch.calibration.collect import split_blocks
+from humwatch.evaluation.synth import Anomaly, synth_clip
 
 log = logging.getLogger(__name__)
 

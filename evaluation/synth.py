@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal
 
-from agent.spec import SAMPLE_RATE
+from humwatch.agent.contract import SAMPLE_RATE
+from humwatch.calibration.faults import band_noise, impact_train, phase_of, rms, smooth_wander, unit_rms
 
 MACHINE_TYPES = ("pump", "fan", "valve", "slider")
 ANOMALY_KINDS = ("bearing", "imbalance", "leak", "rubbing", "clogging", "loose", "cavitation", "speed")
@@ -34,46 +35,8 @@ MACHINE_RMS = 0.05
 FAULT_DB_LOW = -26.0
 FAULT_DB_SPAN = 18.0
 
-_NYQUIST = SAMPLE_RATE / 2
 
-
-# ---------------------------------------------------------------- signal primitives (also used by faults.py)
-
-def rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
-
-
-def unit_rms(x: np.ndarray) -> np.ndarray:
-    r = rms(x)
-    return x / r if r > 0 else x
-
-
-def band_noise(n: int, low_hz: float, high_hz: float, rng: np.random.Generator) -> np.ndarray:
-    """White noise band-passed to [low_hz, high_hz] (4th-order Butterworth), unit RMS."""
-    low = max(low_hz, 10.0) / _NYQUIST
-    high = min(high_hz, _NYQUIST * 0.98) / _NYQUIST
-    sos = signal.butter(4, [low, max(high, low * 1.05)], btype="bandpass", output="sos")
-    return unit_rms(signal.sosfilt(sos, rng.standard_normal(n + 2048))[2048:])
-
-
-def smooth_wander(n: int, rate_hz: float, rng: np.random.Generator) -> np.ndarray:
-    """A slow random curve (unit std, changing at about rate_hz): speed drift, level breathing."""
-    points = int(n / SAMPLE_RATE * rate_hz) + 3
-    knots = rng.standard_normal(points)
-    x = np.interp(np.linspace(0, points - 1, n), np.arange(points), knots)
-    return (x - x.mean()) / (x.std() + 1e-12)
-
-
-def impact_train(times_s: np.ndarray, amplitudes: np.ndarray, n: int, resonance_hz: float, decay_s: float
-                 ) -> np.ndarray:
-    """Impulses at times_s ringing a damped resonance (a hammer blow, a bearing defect, a click)."""
-    impulses = np.zeros(n)
-    idx = np.round(np.asarray(times_s) * SAMPLE_RATE).astype(int)
-    keep = (idx >= 0) & (idx < n)
-    np.add.at(impulses, idx[keep], np.asarray(amplitudes, dtype=np.float64)[keep])
-    r = np.exp(-1.0 / (decay_s * SAMPLE_RATE))
-    w = 2 * np.pi * min(resonance_hz, _NYQUIST * 0.95) / SAMPLE_RATE
-    return signal.lfilter([np.sin(w)], [1.0, -2 * r * np.cos(w), r * r], impulses)
+# ---------------------------------------------------------------- signal primitives
 
 
 def harmonic_stack(phase: np.ndarray, amplitudes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -83,11 +46,6 @@ def harmonic_stack(phase: np.ndarray, amplitudes: np.ndarray, rng: np.random.Gen
         if a > 0:
             out += a * np.sin(k * phase + rng.uniform(0, 2 * np.pi))
     return out
-
-
-def phase_of(freq_hz: np.ndarray) -> np.ndarray:
-    """Instantaneous phase (radians) of a time-varying frequency."""
-    return 2 * np.pi * np.cumsum(freq_hz) / SAMPLE_RATE
 
 
 def snr_gain(reference: np.ndarray, noise: np.ndarray, snr_db: float) -> float:

@@ -11,20 +11,21 @@ import logging
 import os
 import sys
 
-from agent.errors import HumwatchError
+from humwatch.agent.errors import HumwatchError
 
 # name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS = {
-    "run": ("agent.service", "run the agent: listen, score and publish alarms over MQTT"),
-    "score": ("agent.score", "score WAV recordings offline with a calibrated bundle"),
-    "listen": ("agent.listen", "print alarms and state changes from the broker"),
-    "check-config": ("agent.config", "validate a configuration file and exit"),
-    "install-service": ("agent.install", "install the systemd unit, user, directories and example config"),
-    "calibrate": ("calibration.cli", "learn a machine's normal sound and write a model bundle"),
-    "synth": ("calibration.synth_cli", "write a synthetic machine-sound dataset in the MIMII layout"),
-    "convert": ("convert.cli", "convert an ImageNet CNN to TFLite feature extractors (float32 and int8)"),
-    "evaluate": ("evaluation.cli", "measure detection quality (ROC AUC) with the paper's protocol"),
-    "demo": ("calibration.demo", "show the whole product on a synthetic pump: calibrate, run, alarm"),
+    "run": ("humwatch.agent.service.run", "run the agent: listen, score and publish alarms over MQTT"),
+    "score": ("humwatch.agent.service.score", "score WAV recordings offline with a calibrated bundle"),
+    "listen": ("humwatch.agent.transport.listen", "print alarms and state changes from the broker"),
+    "check-config": ("humwatch.agent.config", "validate a configuration file and exit"),
+    "install-service": ("humwatch.agent.service.install",
+                        "install the systemd unit, user, directories and example config"),
+    "calibrate": ("humwatch.calibration.cli", "learn a machine's normal sound and write a model bundle"),
+    "synth": ("humwatch.evaluation.synth_cli", "write a synthetic machine-sound dataset in the MIMII layout"),
+    "convert": ("humwatch.convert.cli", "convert an ImageNet CNN to TFLite feature extractors (float32 and int8)"),
+    "evaluate": ("humwatch.evaluation.cli", "measure detection quality (ROC AUC) with the paper's protocol"),
+    "demo": ("humwatch.demo", "show the whole product on a synthetic pump: calibrate, run, alarm"),
 }
 
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from agent.spec import N_MELS, PATCH_FRAMES
+from humwatch.agent.contract import N_MELS, PATCH_FRAMES
 
 
 def logmel_frames(db: np.ndarray) -> np.ndarray:

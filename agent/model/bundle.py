@@ -17,10 +17,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
-from agent.durable import fsync_directory
-from agent.errors import ModelError
-from agent.frames import FRAME_SOURCES
-from agent.spec import SCHEMA_VERSION, WINDOW_PATCHES, FrontEndParams
+from humwatch.agent.contract import SCHEMA_VERSION, WINDOW_PATCHES, FrontEndParams
+from humwatch.agent.durable import fsync_directory
+from humwatch.agent.errors import ModelError
+from humwatch.agent.signal.frames import FRAME_SOURCES
 
 MANIFEST = "bundle.json"
 EXTRACTOR_FILE = "extractor.tflite"
@@ -39,7 +39,7 @@ class DetectorEntry:
     score_mean: float = 0.0
     score_std: float = 1.0
     # Two-sided detector: its window reading is the window mean's distance from this centre (the held-out normal
-    # window mean), so a window far *more* normal than normal counts too (agent.pipeline.window_reading).
+    # window mean), so a window far *more* normal than normal counts too (agent.model.pipeline.window_reading).
     window_centre: float | None = None
     # What alarms, score messages and logs call this detector's reading: the calibration part it came from (two
     # readings of one file have two names). A bundle written before names existed gets the name calibration gives
@@ -54,7 +54,8 @@ class DetectorEntry:
 
 @dataclass(frozen=True)
 class TimingEntry:
-    """The bundle's timing detector (agent.timing): its file, and how many held-out standard deviations from normal
+    """The bundle's timing detector (agent.model.timing): its file, and how many held-out standard deviations
+    from normal
     timing a window must be before its distance adds to the fused score."""
 
     file: str

@@ -9,7 +9,7 @@ import importlib
 import logging
 from pathlib import Path
 
-from agent.errors import ModelError
+from humwatch.agent.errors import ModelError
 
 log = logging.getLogger(__name__)
 

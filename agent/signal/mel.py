@@ -6,7 +6,7 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft
 
-from agent.spec import DB_AMIN, FMAX_HZ, FMIN_HZ, HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
+from humwatch.agent.contract import DB_AMIN, FMAX_HZ, FMIN_HZ, HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
 
 # Slaney's Mel scale: linear below 1 kHz, logarithmic above.
 _F_SP = 200.0 / 3

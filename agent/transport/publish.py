@@ -26,8 +26,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from agent.errors import ConfigError
-from agent.outbox import Outbox, OutboxEntry
+from humwatch.agent.errors import ConfigError
+from humwatch.agent.transport.outbox import Outbox, OutboxEntry
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ import sys
 
 import numpy as np
 
-from agent.audio import parse_channel, read_wav
-from agent.bundle import Bundle
-from agent.errors import AudioError
-from agent.pipeline import Pipeline
-from agent.publish import describe_detector_scores
-from agent.spec import SAMPLE_RATE
+from humwatch.agent.contract import SAMPLE_RATE
+from humwatch.agent.errors import AudioError
+from humwatch.agent.model.bundle import Bundle
+from humwatch.agent.model.pipeline import Pipeline
+from humwatch.agent.signal.audio import parse_channel, read_wav
+from humwatch.agent.transport.publish import describe_detector_scores
 
 SHOWN_ALARM_TIMES = 10  # window end times listed per file in the human-readable output
 

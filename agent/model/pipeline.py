@@ -9,13 +9,13 @@ from typing import Sequence
 
 import numpy as np
 
-from agent.bundle import TIMING_NAME, Bundle, DetectorEntry
-from agent.errors import ModelError
-from agent.frames import frame_dim, frame_patch_scores
-from agent.frontend import FrontEnd, PatchBatch
-from agent.scorers import Detector, load_detector
-from agent.spec import SAMPLE_RATE, logmel_extractor_sha256
-from agent.timing import StreamProfiles, TimingModel
+from humwatch.agent.contract import SAMPLE_RATE, logmel_extractor_sha256
+from humwatch.agent.errors import ModelError
+from humwatch.agent.model.bundle import TIMING_NAME, Bundle, DetectorEntry
+from humwatch.agent.model.scorers import Detector, load_detector
+from humwatch.agent.model.timing import StreamProfiles, TimingModel
+from humwatch.agent.signal.frames import frame_dim, frame_patch_scores
+from humwatch.agent.signal.frontend import FrontEnd, PatchBatch
 
 
 class PatchScorer:
@@ -25,7 +25,7 @@ class PatchScorer:
         self.bundle = bundle
         self.extractor = None
         if bundle.extractor_path is not None:
-            from agent.extractor import Extractor  # loads the TFLite runtime only when a CNN is used
+            from humwatch.agent.model.extractor import Extractor  # loads the TFLite runtime only when a CNN is used
 
             self.extractor = Extractor(bundle.extractor_path, num_threads=num_threads)
             if self.extractor.sha256 != bundle.extractor_sha256:

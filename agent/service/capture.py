@@ -19,9 +19,9 @@ from typing import Protocol
 
 import numpy as np
 
-from agent.audio import Channel, to_mono
-from agent.errors import AudioError
-from agent.spec import SAMPLE_RATE
+from humwatch.agent.contract import SAMPLE_RATE
+from humwatch.agent.errors import AudioError
+from humwatch.agent.signal.audio import Channel, to_mono
 
 log = logging.getLogger(__name__)
 
@@ -278,12 +278,15 @@ class WavFileSource:
         self.realtime = realtime
         self.stop = stop
         self.overflows = 0  # a file never overflows; kept for the common interface
-        from agent.audio import read_wav  # scipy's WAV reader and resampler: loaded only to replay a file
+        from humwatch.agent.signal.audio import (
+            read_wav,  # scipy's WAV reader and resampler: loaded only to replay a file
+        )
 
         self._samples = read_wav(self.path, channel)
 
     def describe(self) -> str:
-        return f"file {self.path} ({len(self._samples) / SAMPLE_RATE:.1f} s, {'real time' if self.realtime else 'fast'})"
+        pace = "real time" if self.realtime else "fast"
+        return f"file {self.path} ({len(self._samples) / SAMPLE_RATE:.1f} s, {pace})"
 
     def __iter__(self) -> Iterator[np.ndarray]:
         started = time.monotonic()

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from agent.errors import ModelError
-from agent.npz import read_npz
-from agent.spec import SCHEMA_VERSION, WINDOW_PATCHES
+from humwatch.agent.contract import SCHEMA_VERSION, WINDOW_PATCHES
+from humwatch.agent.errors import ModelError
+from humwatch.agent.npz import read_npz
 
 COMMON_ARRAYS = ("schema_version", "kind", "feature_dim", "extractor_sha256", "feature_source", "scaler_mean",
                  "scaler_scale")

@@ -11,8 +11,8 @@ from math import gcd
 
 import numpy as np
 
-from agent.errors import AudioError, ConfigError
-from agent.spec import SAMPLE_RATE
+from humwatch.agent.contract import SAMPLE_RATE
+from humwatch.agent.errors import AudioError, ConfigError
 
 Channel = int | str  # a channel index, or "mean" to average all channels
 

@@ -15,7 +15,7 @@ Within ±2 % of its normal speed and pace a machine is never anomalous to this d
 much with its load and the mains frequency, more than a few minutes of calibration may show.
 
 Each is standardised on held-out normal windows; the detector reads the larger distance from normal. The fused
-window score takes it only beyond `gate` held-out standard deviations (agent.pipeline): a machine whose timing is
+window score takes it only beyond `gate` held-out standard deviations (agent.model.pipeline): a machine whose timing is
 normal keeps its other detectors' score, so a fan or pump without cycles is not judged on a noisy cycle estimate.
 """
 from __future__ import annotations
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from agent.errors import ModelError
-from agent.npz import read_npz
-from agent.spec import HOP_LENGTH, N_FFT, PATCH_HOP_SAMPLES, SAMPLE_RATE, WINDOW_SAMPLES
+from humwatch.agent.contract import HOP_LENGTH, N_FFT, PATCH_HOP_SAMPLES, SAMPLE_RATE, WINDOW_SAMPLES
+from humwatch.agent.errors import ModelError
+from humwatch.agent.npz import read_npz
 
 # Spectrum segments of 2.048 s (0.49 Hz bins), one per patch hop, so that consecutive windows share all but one.
 SEGMENT_SAMPLES = 32768

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent import spec
-from agent.durable import file_sha256
-from agent.errors import ModelError
-from agent.runtime import load_interpreter
+from humwatch.agent import contract
+from humwatch.agent.durable import file_sha256
+from humwatch.agent.errors import ModelError
+from humwatch.agent.model.runtime import load_interpreter
 
 SIDECAR_SUFFIX = ".json"
 
@@ -37,12 +37,16 @@ def read_sidecar(model_path: str | Path) -> dict:
     if not isinstance(info, dict) or not isinstance(info.get("frontend"), dict):
         raise ModelError(f"{path}: sidecar has no 'frontend' section")
     try:
-        spec.FrontEndParams.from_dict(info["frontend"])
+        contract.FrontEndParams.from_dict(info["frontend"])
     except ValueError as exc:
         raise ModelError(f"{path}: {exc}") from None
     if not isinstance(info.get("feature_dim"), int):
         raise ModelError(f"{path}: sidecar field 'feature_dim' missing or not an integer")
     return info
+
+
+MAX_BATCH = 64
+"""Images per invoke: bounds the interpreter's tensor arena (and XNNPack's reshape) however long the recording."""
 
 
 class Extractor:
@@ -56,9 +60,9 @@ class Extractor:
         self.feature_dim = int(self.info["feature_dim"])
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
-        if tuple(self._input["shape"][1:]) != spec.IMAGE_SHAPE:
+        if tuple(self._input["shape"][1:]) != contract.IMAGE_SHAPE:
             raise ModelError(f"{self.path}: model input {list(self._input['shape'])} is not "
-                             f"(n, {', '.join(map(str, spec.IMAGE_SHAPE))})")
+                             f"(n, {', '.join(map(str, contract.IMAGE_SHAPE))})")
         if tuple(self._output["shape"][1:]) != (self.feature_dim,):
             raise ModelError(f"{self.path}: model output {list(self._output['shape'])} does not match "
                              f"feature_dim {self.feature_dim} in its sidecar")
@@ -67,14 +71,16 @@ class Extractor:
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Features of a batch of viridis images; rows match the images' order."""
         images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != spec.IMAGE_SHAPE:
-            raise ValueError(f"images must be uint8 (n, {', '.join(map(str, spec.IMAGE_SHAPE))}), "
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != contract.IMAGE_SHAPE:
+            raise ValueError(f"images must be uint8 (n, {', '.join(map(str, contract.IMAGE_SHAPE))}), "
                              f"got {images.dtype} {images.shape}")
+        if len(images) > MAX_BATCH:
+            return np.concatenate([self.embed(images[i:i + MAX_BATCH]) for i in range(0, len(images), MAX_BATCH)])
         n = len(images)
         if n == 0:
             return np.zeros((0, self.feature_dim), dtype=np.float32)
         if n != self._batch:
-            self.interpreter.resize_tensor_input(self._input["index"], [n, *spec.IMAGE_SHAPE])
+            self.interpreter.resize_tensor_input(self._input["index"], [n, *contract.IMAGE_SHAPE])
             self.interpreter.allocate_tensors()
             self._batch = n
         self.interpreter.set_tensor(self._input["index"], _to_input(images, self._input))

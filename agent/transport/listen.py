@@ -17,8 +17,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.errors import ConfigError, HumwatchError
-from agent.publish import MqttSettings, Topics, describe_detector_scores, make_client, utc_now
+from humwatch.agent.errors import ConfigError, HumwatchError
+from humwatch.agent.transport.publish import MqttSettings, Topics, describe_detector_scores, make_client, utc_now
 
 # While `listen` reconnects, the broker keeps its session (and the alarms that arrive) this long: an MQTT 5 session
 # expiry. On its way out, listen sets it to 0, so a finished listener leaves nothing on the broker.

@@ -19,10 +19,10 @@ import wave
 
 import numpy as np
 
-from agent.durable import refuse_unwritable, write_atomic
-from agent.errors import ConfigError
-from agent.spec import FIRST_PATCH_SAMPLES, SAMPLE_RATE
-from calibration.synth import DEFAULT_SNR_DB, MACHINE_TYPES, synth_clip
+from humwatch.agent.contract import FIRST_PATCH_SAMPLES, SAMPLE_RATE
+from humwatch.agent.durable import refuse_unwritable, write_atomic
+from humwatch.agent.errors import ConfigError
+from humwatch.evaluation.synth import DEFAULT_SNR_DB, MACHINE_TYPES, synth_clip
 
 log = logging.getLogger(__name__)
 

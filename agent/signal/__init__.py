@@ -1,0 +1,1 @@
+"""Where the sound goes first: audio sources and files, the Mel front end, patches, frame features."""

@@ -1,0 +1,1 @@
+"""How alarms leave the board: the durable outbox, MQTT, Home Assistant discovery, and `listen`."""
