@@ -1,15 +1,31 @@
-"""Shared fixtures live in tests/plugins/, one module per real part (models, broker, audio device)."""
+"""Shared fixtures live in tests/plugins/, one module per real part (models, broker, audio device).
+
+Tests are layered by folder: tests/unit (no broker, no ALSA, no TensorFlow; `scripts/test --fast`) and
+tests/integration. Each test gets the marker of its folder, so `-m unit` and `-m integration` select the same sets.
+"""
 import pathlib
 
 import pytest
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+LAYERS = ("unit", "integration")
 
 pytest_plugins = [
     "tests.plugins.models",
     "tests.plugins.broker",
     "tests.plugins.sound",
+    "tests.plugins.package",
+    "tests.plugins.recordings",
+    "tests.plugins.datasets",
 ]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        layer = next((part for part in pathlib.Path(item.fspath).parts if part in LAYERS), None)
+        if layer is None:
+            raise pytest.UsageError(f"{item.nodeid}: every test lives in tests/unit or tests/integration")
+        item.add_marker(getattr(pytest.mark, layer))
 
 
 @pytest.fixture(scope="session")

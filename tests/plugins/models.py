@@ -20,7 +20,7 @@ def calibration_audio(shared_dir) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def converted_squeezenet(tmp_path_factory, shared_dir, calibration_audio) -> dict[str, pathlib.Path]:
-    from agent.cli import main
+    from humwatch.cli import main
 
     out = tmp_path_factory.mktemp("models")
     code = main(["convert", "--arch", "squeezenet1_1", "--weights",

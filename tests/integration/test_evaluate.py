@@ -1,0 +1,86 @@
+
+
+"""humwatch evaluate: dataset readers, the paper's split, ROC AUC, the feature cache, methods and reports."""
+
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from humwatch.agent.contract import FrontEndParams
+from humwatch.calibration.candidates import CANDIDATES
+from humwatch.cli import main
+from humwatch.evaluation.cache import FeatureCache
+from humwatch.evaluation.datasets import find_machines
+from humwatch.evaluation.features import cnn_source, logmel_source
+from humwatch.evaluation.methods import DetectorMethod
+from humwatch.evaluation.protocol import split
+from humwatch.evaluation.runner import run_protocol
+from humwatch.evaluation.synth_cli import write_dataset
+from tests.plugins.datasets import check_results
+
+
+def test_protocol_with_squeezenet_int8_and_detectors(tiny_dataset, tmp_path, squeezenet_int8):
+    machines = find_machines(tiny_dataset)
+    source = cnn_source(squeezenet_int8, FrontEndParams())
+    methods = [DetectorMethod(source, "gmm"), DetectorMethod(source, "ocsvm")]
+    results = run_protocol(machines, methods, [0, 1], FeatureCache(tmp_path / "cache"))
+    check_results(results, machines, [0, 1], ["gmm", "ocsvm"])
+    again = run_protocol(machines[:1], methods[:1], [1], FeatureCache(tmp_path / "cache"))
+    assert again[0].auc == next(r.auc for r in results if r.machine == machines[0].name and r.seed == 1
+                                and r.method == methods[0].name)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--presets", "auto", "--detectors", "none"], "5 normal training clips; choosing a pipeline needs at least 8 "
+                                                   "of 10 s or more"),
+    (["--channel", "x"], "--channel 'x': a channel index"),
+    (["--channel", "3"], "channel 3 does not exist (the audio has 1 channels)"),
+    (["--out", "{file}"], "--out {file}: {file} is a file, not a folder"),
+])
+def test_bad_runs_are_one_line(tiny_dataset, tmp_path, capsys, squeezenet_int8, options, message):
+    (tmp_path / "a-file").write_text("")
+    options = [o.format(file=tmp_path / "a-file") for o in options]
+    out = [] if "--out" in options else ["--out", str(tmp_path / "out")]
+    code = main(["evaluate", str(tiny_dataset), "--models", str(squeezenet_int8), "--presets", "none", "--peers",
+                 "none", "--seeds", "1", "--max-normal-test", "5", *out, *options])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and err[-1].startswith("humwatch evaluate: error: ")
+    assert message.format(file=tmp_path / "a-file") in err[-1], err
+
+
+def test_calibrate_presets_are_rows_fitted_as_calibrate_fits_them(tmp_path, squeezenet_int8):
+    """`auto` (the default of calibrate and evaluate) and `paper`, fitted on the training clips only, 1 in 4 held out."""
+    from humwatch.evaluation.features import patch_db_source
+    from humwatch.evaluation.methods import PresetMethod
+
+    root = tmp_path / "data"
+    write_dataset(root, ["pump"], [0], 16, 4, seconds=10.0, seed=3)
+    machines = find_machines(root)
+    source = cnn_source(squeezenet_int8, FrontEndParams())
+    methods = [PresetMethod(source, patch_db_source(), FrontEndParams(), 0, preset)
+               for preset in ("auto", "paper")]
+    results = run_protocol(machines, methods, [0], FeatureCache(tmp_path / "cache"))
+    assert [r.method.split(" + ")[1] for r in results] == ["auto", "paper"]
+    for r in results:
+        assert r.auc == pytest.approx(roc_auc_score(r.labels, r.scores), abs=1e-12)
+        assert r.n_train == 12 and r.n_test_normal == 4 and np.isfinite(r.scores).all()
+    auto, paper = methods
+    assert {s.name for s in auto.selection.table} == set(CANDIDATES)
+    assert paper.selection.chosen.name == "paper" and paper.selection.table == []
+    train = split(machines[0], 0, 150).train
+    assert auto.selection.heldout_windows == len(train) // 4  # one 10 s window per held-out training clip
+
+
+def test_autoencoder_peers_run_the_protocol(tiny_dataset):
+    from humwatch.evaluation.autoencoders import ConvAutoencoder, DenseAutoencoder, stacked_frames
+    from humwatch.evaluation.features import patch_db_source
+
+    frames = np.arange(20 * 64, dtype=np.float32).reshape(20, 64)
+    stacked = stacked_frames(frames)
+    assert stacked.shape == (6, 320)  # 10 frames at hop 512, 5 per vector
+    assert np.array_equal(stacked[1], np.concatenate([frames[2], frames[4], frames[6], frames[8], frames[10]]))
+    machines = find_machines(tiny_dataset)[:1]
+    methods = [DenseAutoencoder(logmel_source(), epochs=2), ConvAutoencoder(patch_db_source(), epochs=1)]
+    results = run_protocol(machines, methods, [0], FeatureCache(None))
+    check_results(results, machines, [0], methods)
