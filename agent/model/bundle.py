@@ -20,11 +20,13 @@ from typing import Callable
 from humwatch.agent.contract import SCHEMA_VERSION, WINDOW_PATCHES, FrontEndParams
 from humwatch.agent.durable import fsync_directory
 from humwatch.agent.errors import ModelError
+from humwatch.agent.model.scorers import WINDOW_KINDS
 from humwatch.agent.signal.frames import FRAME_SOURCES
 
 MANIFEST = "bundle.json"
 EXTRACTOR_FILE = "extractor.tflite"
-FEATURE_SOURCES = ("cnn", *FRAME_SOURCES)
+MODULATION = "logmel-modulation"  # agent.signal.modulation, one row per patch
+FEATURE_SOURCES = ("cnn", *FRAME_SOURCES, MODULATION)
 FUSIONS = ("mean", "max")
 KEEP_VERSIONS = 3
 
@@ -45,6 +47,11 @@ class DetectorEntry:
     # readings of one file have two names). A bundle written before names existed gets the name calibration gives
     # (calibration.candidates.PARTS): the file's stem, "-2s" added for a two-sided reading.
     name: str = ""
+
+    @property
+    def window_level(self) -> bool:
+        """Read on a window's mean features (nearest normal window), not as a mean of patch scores."""
+        return self.kind in WINDOW_KINDS
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -146,6 +153,9 @@ class Bundle:
             if entry.feature_source not in FEATURE_SOURCES or not entry.score_std > 0:
                 raise ModelError(f"{where}: detectors[{i}] has feature_source {entry.feature_source!r} "
                                  f"(expected one of {FEATURE_SOURCES}) or a non-positive score_std")
+            if entry.window_level and entry.window_centre is not None:
+                raise ModelError(f"{where}: detectors[{i}] is a window-level {entry.kind} detector and has no "
+                                 "window_centre")
             if pathlib.PurePath(entry.file).name != entry.file:
                 raise ModelError(f"{where}: detectors[{i}].file must be a file name inside the bundle")
             entries.append(entry)

@@ -11,15 +11,22 @@ import numpy as np
 
 from humwatch.agent.contract import SAMPLE_RATE, logmel_extractor_sha256
 from humwatch.agent.errors import ModelError
-from humwatch.agent.model.bundle import TIMING_NAME, Bundle, DetectorEntry
+from humwatch.agent.model.bundle import MODULATION, TIMING_NAME, Bundle, DetectorEntry
 from humwatch.agent.model.scorers import Detector, load_detector
 from humwatch.agent.model.timing import StreamProfiles, TimingModel
-from humwatch.agent.signal.frames import frame_dim, frame_patch_scores
+from humwatch.agent.signal.frames import FRAME_SOURCES, frame_dim, frame_patch_scores
 from humwatch.agent.signal.frontend import FrontEnd, PatchBatch
+from humwatch.agent.signal.modulation import MODULATION_DIM, modulation_spectrum
 
 
 class PatchScorer:
-    """Scores patches with a bundle's detectors: one standardised score per detector (fused per window)."""
+    """Turns patches into the rows a bundle's windows are averaged over, one block of columns per detector.
+
+    A patch-level detector (GMM, OC-SVM) gives one column: its standardised patch score, limited to the bundle's
+    cap. A window-level detector (nearest normal window) gives its transformed features (standardised or
+    projected): a window's mean of them is what it measures against its bank. Both are means over the window's
+    patches, so the stream and a recording share one definition of a window.
+    """
 
     def __init__(self, bundle: Bundle, num_threads: int = 1) -> None:
         self.bundle = bundle
@@ -35,30 +42,62 @@ class PatchScorer:
         # Entries reading one detector file (its two readings) share one loaded detector and one scoring per batch.
         self.detectors: dict[str, Detector] = {file: self._load(e)
                                                for file, e in {e.file: e for e in bundle.detectors}.items()}
+        widths = [self.detectors[e.file].model_dim if e.window_level else 1 for e in bundle.detectors]
+        edges = np.cumsum([0, *widths])
+        self.columns = [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
     def _load(self, entry: DetectorEntry) -> Detector:
         """A bundle's detector, refused at start unless it was fitted on the features the bundle says it scores."""
         cnn = entry.feature_source == "cnn"
         detector = load_detector(self.bundle.path / entry.file,
                                  extractor_sha256=self.bundle.extractor_sha256 if cnn else logmel_extractor_sha256())
-        dim = self.extractor.feature_dim if cnn else frame_dim(entry.feature_source)
+        dim = self.extractor.feature_dim if cnn else source_dim(entry.feature_source)
         if (detector.feature_source, detector.feature_dim) != (entry.feature_source, dim):
             raise ModelError(f"{detector.path}: fitted on {detector.feature_dim}-d {detector.feature_source} "
                              f"features, but the bundle scores it on {dim}-d {entry.feature_source}; recalibrate")
+        if detector.window_level != entry.window_level:
+            raise ModelError(f"{detector.path}: a {detector.kind} detector cannot be read at the "
+                             f"{'window' if entry.window_level else 'patch'} level; recalibrate")
         return detector
 
     def score(self, batch: PatchBatch) -> np.ndarray:
-        """Each detector's standardised patch scores, (patches, detectors), each limited to the bundle's cap."""
+        """(patches, columns): each detector's block of columns for every patch."""
         entries = self.bundle.detectors
         if len(batch) == 0:
-            return np.empty((0, len(entries)))
-        raw = {file: self._raw_scores(detector, batch) for file, detector in self.detectors.items()}
-        return limit(np.stack([standardise(raw[e.file], e) for e in entries], axis=1), self.bundle.patch_score_cap)
+            return np.empty((0, self.columns[-1].stop))
+        features: dict[str, np.ndarray] = {}
+        blocks: dict[str, np.ndarray] = {}
+        for file, detector in self.detectors.items():
+            source = detector.feature_source
+            if source not in features and source not in FRAME_SOURCES:
+                features[source] = (self.extractor.embed(batch.images) if source == "cnn"
+                                    else modulation_spectrum(batch.db))
+            if detector.window_level:
+                blocks[file] = detector.transform(features[source])
+            elif source in FRAME_SOURCES:
+                blocks[file] = frame_patch_scores(detector.score, source, batch.db)
+            else:
+                blocks[file] = detector.score(features[source])
+        cap = self.bundle.patch_score_cap
+        return np.concatenate([blocks[e.file] if e.window_level else limit(standardise(blocks[e.file], e), cap)[:, None]
+                               for e in entries], axis=1)
 
-    def _raw_scores(self, detector: Detector, batch: PatchBatch) -> np.ndarray:
-        if detector.feature_source == "cnn":
-            return detector.score(self.extractor.embed(batch.images))
-        return frame_patch_scores(detector.score, detector.feature_source, batch.db)
+    def read(self, window_means: np.ndarray) -> np.ndarray:
+        """Each detector's reading of windows (windows, detectors), in its normal standard deviations, from the
+        windows' mean rows (windows, columns)."""
+        readings = []
+        for entry, columns in zip(self.bundle.detectors, self.columns):
+            means = window_means[:, columns]
+            if entry.window_level:
+                readings.append(standardise(self.detectors[entry.file].scorer.score(means), entry))
+            else:
+                readings.append(window_readings(means, [entry])[:, 0])
+        return np.stack(readings, axis=1)
+
+
+def source_dim(source: str) -> int:
+    """Values per patch (or per frame row) of a non-CNN feature source."""
+    return MODULATION_DIM if source == MODULATION else frame_dim(source)
 
 
 def standardise(raw: np.ndarray, entry: DetectorEntry) -> np.ndarray:
@@ -83,7 +122,7 @@ def window_reading(window_means: np.ndarray, entry: DetectorEntry) -> np.ndarray
 
 
 def window_readings(window_means: np.ndarray, entries: Sequence[DetectorEntry]) -> np.ndarray:
-    """Each detector's reading of each window, (windows, detectors), from its window means of the same shape."""
+    """Patch-level detectors' readings of windows (windows, detectors), from their window means of the same shape."""
     return np.stack([window_reading(window_means[:, j], entry) for j, entry in enumerate(entries)], axis=1)
 
 
@@ -114,7 +153,7 @@ class Pipeline:
         self.bundle = bundle
         self.scorer = scorer or PatchScorer(bundle, num_threads)
         self.front_end = FrontEnd(bundle.frontend)
-        self._window: deque[np.ndarray] = deque(maxlen=bundle.window_patches)  # per-detector patch scores
+        self._window: deque[np.ndarray] = deque(maxlen=bundle.window_patches)  # the PatchScorer's rows
         self._names = [entry.name for entry in bundle.detectors]
         self.timing = TimingModel.load(bundle.path / bundle.timing.file) if bundle.timing else None
         self.timing_profiles = StreamProfiles()
@@ -136,7 +175,7 @@ class Pipeline:
             if len(self._window) < self._window.maxlen:
                 results.append(PatchScore(time=seconds, window_score=None))
                 continue
-            readings = window_readings(np.mean(self._window, axis=0)[None], self.bundle.detectors)
+            readings = self.scorer.read(np.mean(self._window, axis=0)[None])
             score = fuse(readings, self.bundle.fusion)
             named = dict(zip(self._names, readings[0].tolist()))
             if profile is not None:
