@@ -35,14 +35,14 @@ class PatchScorer:
             from humwatch.agent.model.extractor import Extractor  # loads the TFLite runtime only when a CNN is used
 
             self.extractor = Extractor(bundle.extractor_path, num_threads=num_threads)
-            if self.extractor.sha256 != bundle.extractor_sha256:
+            if self.extractor.sha256 != bundle.spec.extractor_sha256:
                 raise ModelError(f"{bundle.extractor_path}: sha256 {self.extractor.sha256[:12]} is not the extractor "
-                                 f"the bundle was calibrated with ({bundle.extractor_sha256[:12]}); recalibrate or "
+                                 f"the bundle was calibrated with ({bundle.spec.extractor_sha256[:12]}); recalibrate or "
                                  "restore the model")
         # Entries reading one detector file (its two readings) share one loaded detector and one scoring per batch.
         self.detectors: dict[str, Detector] = {file: self._load(e)
-                                               for file, e in {e.file: e for e in bundle.detectors}.items()}
-        widths = [self.detectors[e.file].model_dim if e.window_level else 1 for e in bundle.detectors]
+                                               for file, e in {e.file: e for e in bundle.spec.detectors}.items()}
+        widths = [self.detectors[e.file].model_dim if e.window_level else 1 for e in bundle.spec.detectors]
         edges = np.cumsum([0, *widths])
         self.columns = [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
@@ -50,7 +50,7 @@ class PatchScorer:
         """A bundle's detector, refused at start unless it was fitted on the features the bundle says it scores."""
         cnn = entry.feature_source == "cnn"
         detector = load_detector(self.bundle.path / entry.file,
-                                 extractor_sha256=self.bundle.extractor_sha256 if cnn else logmel_extractor_sha256())
+                                 extractor_sha256=self.bundle.spec.extractor_sha256 if cnn else logmel_extractor_sha256())
         dim = self.extractor.feature_dim if cnn else source_dim(entry.feature_source)
         if (detector.feature_source, detector.feature_dim) != (entry.feature_source, dim):
             raise ModelError(f"{detector.path}: fitted on {detector.feature_dim}-d {detector.feature_source} "
@@ -62,7 +62,7 @@ class PatchScorer:
 
     def score(self, batch: PatchBatch) -> np.ndarray:
         """(patches, columns): each detector's block of columns for every patch."""
-        entries = self.bundle.detectors
+        entries = self.bundle.spec.detectors
         if len(batch) == 0:
             return np.empty((0, self.columns[-1].stop))
         features: dict[str, np.ndarray] = {}
@@ -78,7 +78,7 @@ class PatchScorer:
                 blocks[file] = frame_patch_scores(detector.score, source, batch.db)
             else:
                 blocks[file] = detector.score(features[source])
-        cap = self.bundle.patch_score_cap
+        cap = self.bundle.spec.patch_score_cap
         return np.concatenate([blocks[e.file] if e.window_level else limit(standardise(blocks[e.file], e), cap)[:, None]
                                for e in entries], axis=1)
 
@@ -86,7 +86,7 @@ class PatchScorer:
         """Each detector's reading of windows (windows, detectors), in its normal standard deviations, from the
         windows' mean rows (windows, columns)."""
         readings = []
-        for entry, columns in zip(self.bundle.detectors, self.columns):
+        for entry, columns in zip(self.bundle.spec.detectors, self.columns):
             means = window_means[:, columns]
             if entry.window_level:
                 readings.append(standardise(self.detectors[entry.file].scorer.score(means), entry))
@@ -152,10 +152,10 @@ class Pipeline:
     def __init__(self, bundle: Bundle, num_threads: int = 1, scorer: PatchScorer | None = None) -> None:
         self.bundle = bundle
         self.scorer = scorer or PatchScorer(bundle, num_threads)
-        self.front_end = FrontEnd(bundle.frontend)
-        self._window: deque[np.ndarray] = deque(maxlen=bundle.window_patches)  # the PatchScorer's rows
-        self._names = [entry.name for entry in bundle.detectors]
-        self.timing = TimingModel.load(bundle.path / bundle.timing.file) if bundle.timing else None
+        self.front_end = FrontEnd(bundle.spec.frontend)
+        self._window: deque[np.ndarray] = deque(maxlen=bundle.spec.window_patches)  # the PatchScorer's rows
+        self._names = [entry.name for entry in bundle.spec.detectors]
+        self.timing = TimingModel.load(bundle.path / bundle.spec.timing.file) if bundle.spec.timing else None
         self.timing_profiles = StreamProfiles()
 
     def reset(self) -> None:
@@ -176,11 +176,11 @@ class Pipeline:
                 results.append(PatchScore(time=seconds, window_score=None))
                 continue
             readings = self.scorer.read(np.mean(self._window, axis=0)[None])
-            score = fuse(readings, self.bundle.fusion)
+            score = fuse(readings, self.bundle.spec.fusion)
             named = dict(zip(self._names, readings[0].tolist()))
             if profile is not None:
                 timing = self.timing.score(profile)
-                score = add_timing(score, timing, self.bundle.timing.gate)
+                score = add_timing(score, timing, self.bundle.spec.timing.gate)
                 named[TIMING_NAME] = float(timing[0])
             results.append(PatchScore(time=seconds, window_score=float(score[0]), readings=named))
         return results
