@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 from humwatch.agent.contract import PATCH_SECONDS, SAMPLE_RATE, WINDOW_PATCHES, FrontEndParams
 from humwatch.agent.durable import write_atomic
 from humwatch.agent.errors import AudioError, ConfigError, ModelError
-from humwatch.agent.model.bundle import MODULATION, Bundle, write_bundle
+from humwatch.agent.model.bundle import MODULATION, Bundle, PipelineSpec, write_bundle
 from humwatch.agent.model.extractor import Extractor
 from humwatch.agent.signal.frontend import clip_patches
 from humwatch.agent.signal.mel import mel_db
@@ -201,7 +201,7 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
         if out is not None:
             with clock("bundle"):
                 try:
-                    calibration.bundle_dir = write_bundle(out, _manifest(calibration, extractor, params),
+                    calibration.bundle_dir = write_bundle(out, *_spec(calibration, extractor, params),
                                                           _filler(selection, reports),
                                                           extractor=model_path if selection.uses_cnn else None)
                 except OSError as exc:
@@ -223,7 +223,7 @@ def extend_bundle(blocks: list[Block], bundle_path: str | os.PathLike,
             checked = survey(blocks)
         extractor = Extractor(bundle.extractor_path, num_threads=num_threads) if bundle.extractor_path else None
         with clock("features"):
-            features = [block_features(block, extractor, bundle.frontend) for block in blocks]
+            features = [block_features(block, extractor, bundle.spec.frontend) for block in blocks]
         with clock("fit"):
             fitted = window_knn.extend(bundle, features, checked.seconds)
         with clock("threshold"):
@@ -231,18 +231,19 @@ def extend_bundle(blocks: list[Block], bundle_path: str | os.PathLike,
         before = bundle.manifest.get("calibration", {})
         result["fit_patches"] = result["heldout_patches"] = before.get("fit_patches", 0) + result["fit_patches"]
         result.update(machine=bundle.machine, selection=fitted, model_path=bundle.extractor_path,
-                      extractor_sha256=bundle.extractor_sha256, seconds=before.get("seconds", 0.0) + checked.seconds,
+                      extractor_sha256=bundle.spec.extractor_sha256, seconds=before.get("seconds", 0.0) + checked.seconds,
                       sources=before.get("sources", 0) + len({b.source for b in blocks}),
                       warnings=checked.warnings + _threshold_warnings(result["threshold"], WINDOW_KNN),
                       stage_seconds=clock.seconds)
         calibration = Calibration(**result)
-        log.info("threshold %.4g -> %.4g after adding %.1f min of normal sound", bundle.threshold_high,
+        log.info("threshold %.4g -> %.4g after adding %.1f min of normal sound", bundle.spec.threshold_high,
                  calibration.threshold.high, checked.seconds / 60)
-        manifest = {key: bundle.manifest[key] for key in ("machine", "frontend", "window_patches", "extractor")}
-        manifest.update(fitted.manifest_fields(), threshold=calibration.threshold.to_dict(),
-                        calibration=calibration.stats())
+        spec = replace(bundle.spec, threshold_high=calibration.threshold.high,
+                       threshold_low=calibration.threshold.low, **fitted.spec_fields())
+        details = {"machine": bundle.machine, "threshold": calibration.threshold.to_dict(),
+                   "extractor": bundle.manifest.get("extractor"), "calibration": calibration.stats()}
         try:
-            calibration.bundle_dir = write_bundle(bundle_path, manifest, _filler(fitted, []),
+            calibration.bundle_dir = write_bundle(bundle_path, spec, details, _filler(fitted, []),
                                                   extractor=bundle.extractor_path)
         except OSError as exc:
             raise ModelError(f"{bundle_path}: cannot write the bundle ({exc.strerror or exc}); the bundle in use "
@@ -363,21 +364,18 @@ def _require_enough(seconds: float, patch_counts: list[int], held: np.ndarray) -
         f"give at least {MIN_MINUTES} min of normal sound (clips of 10 s or longer)")
 
 
-def _manifest(result: Calibration, extractor: Extractor | None, params: FrontEndParams) -> dict:
-    """bundle.json; a pipeline without CNN detectors names no extractor, so the agent never loads TFLite for it."""
+def _spec(result: Calibration, extractor: Extractor | None, params: FrontEndParams) -> tuple[PipelineSpec, dict]:
+    """The bundle's spec and the details beside it; a pipeline without CNN detectors names no extractor, so the
+    agent never loads TFLite for it."""
     cnn = None
     if result.selection.uses_cnn:
-        cnn = {"sha256": extractor.sha256, "source": result.model_path.name, "feature_dim": extractor.feature_dim,
+        cnn = {"source": result.model_path.name, "feature_dim": extractor.feature_dim,
                **{k: extractor.info[k] for k in ("architecture", "precision") if k in extractor.info}}
-    return {
-        "machine": result.machine,
-        "frontend": params.to_dict(),
-        "window_patches": WINDOW_PATCHES,
-        **result.selection.manifest_fields(),
-        "threshold": result.threshold.to_dict(),
-        "extractor": cnn,
-        "calibration": result.stats(),
-    }
+    spec = PipelineSpec(frontend=params, threshold_high=result.threshold.high, threshold_low=result.threshold.low,
+                        window_patches=WINDOW_PATCHES, extractor_sha256=extractor.sha256 if cnn else None,
+                        **result.selection.spec_fields())
+    return spec, {"machine": result.machine, "threshold": result.threshold.to_dict(), "extractor": cnn,
+                  "calibration": result.stats()}
 
 
 def _spectrogram_excerpt(blocks: list[Block]) -> tuple[np.ndarray, str]:

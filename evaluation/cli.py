@@ -69,8 +69,7 @@ def build_methods(args: argparse.Namespace) -> list[Method]:
             raise ConfigError(f"{model}: model file not found")
         source = cnn_source(model, params, channel, args.threads)
         methods += [DetectorMethod(source, kind) for kind in detectors]
-        methods += [PresetMethod(source, patch_db_source(channel), params, channel, preset)
-                    for preset in presets]
+        methods += [PresetMethod(model, channel, preset) for preset in presets]
     if "dcae" in peers:
         from humwatch.evaluation.autoencoders import DCAE_EPOCHS, ConvAutoencoder
         methods.append(ConvAutoencoder(patch_db_source(channel), args.dcae_epochs or DCAE_EPOCHS))

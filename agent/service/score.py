@@ -34,14 +34,14 @@ def score_file(pipeline: Pipeline, path: pathlib.Path, channel: int | str = 0) -
     scores = np.array([r.window_score for r in results])
     loudest = ({name: round(value, 6) for name, value in results[int(scores.argmax())].readings.items()}
                if results else None)
-    above = [r.time for r in results if r.window_score > bundle.threshold_high]
+    above = [r.time for r in results if r.window_score > bundle.spec.threshold_high]
     if not results:
         verdict = "too_short"
     else:
         verdict = "anomaly" if above else "normal"
     return {
         "file": str(path), "verdict": verdict, "seconds": round(len(samples) / SAMPLE_RATE, 3),
-        "threshold": bundle.threshold_high, "threshold_low": bundle.threshold_low,
+        "threshold": bundle.spec.threshold_high, "threshold_low": bundle.spec.threshold_low,
         "max_window_score": float(scores.max()) if len(scores) else None,
         "max_window_detector_scores": loudest,
         "windows": len(results), "windows_above": len(above),

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import pathlib
+from dataclasses import replace
 import re
 import signal
 import subprocess
@@ -281,19 +282,19 @@ def test_alarm_pending_when_the_agent_is_killed_is_delivered_after_restart(
 def test_sighup_reloads_a_new_bundle_without_stopping(
         alsa_device, mosquitto, subscribe, agents, agent_bundle, normal_clip, tmp_path):
     link = tmp_path / "reloaded"
-    manifest = {k: v for k, v in agent_bundle.manifest.items() if k not in ("id", "created", "previous")}
+    details = {"machine": agent_bundle.machine}
 
     def copy_detector(directory: pathlib.Path) -> None:
-        for entry in agent_bundle.detectors:
+        for entry in agent_bundle.spec.detectors:
             (directory / entry.file).write_bytes((agent_bundle.path / entry.file).read_bytes())
 
-    write_bundle(link, manifest, copy_detector, extractor=agent_bundle.extractor_path)
+    write_bundle(link, agent_bundle.spec, details, copy_detector, extractor=agent_bundle.extractor_path)
     device = alsa_device(speed=SPEED)
     device.play(back_and_forth(normal_clip, 120.0))
     subscriber = subscribe(["humwatch/pump1/score"])
     agent = agents(device.env, link, mosquitto, alarm={"score_interval": 1.0}).start()
     subscriber.wait_on("humwatch/pump1/score", 1, timeout=60)
-    new = write_bundle(link, {**manifest, "threshold": {**manifest["threshold"], "high": 50.0, "low": 40.0}},
+    new = write_bundle(link, replace(agent_bundle.spec, threshold_high=50.0, threshold_low=40.0), details,
                        copy_detector, extractor=agent_bundle.extractor_path)
     agent.process.send_signal(signal.SIGHUP)
     agent.wait_log(rf"now judging with bundle {new.name} \(threshold 50, clear 40\)", timeout=30)
@@ -395,7 +396,7 @@ def test_a_machine_running_fast_alarms_through_the_timing_reading(mosquitto, sub
     raised = [m.json() for m in subscriber.wait_on("humwatch/pump1/alarm", 1)]
     assert [(a["kind"], a["event"]) for a in raised] == [("anomaly", "raised")]
     assert FAULT_ONSET < raised[0]["audio_time"] <= FAULT_ONSET + LATENCY_GOAL
-    assert raised[0]["detector_scores"]["timing"] > Bundle.load(link).timing.gate
+    assert raised[0]["detector_scores"]["timing"] > Bundle.load(link).spec.timing.gate
     assert "timing" in raised[0]["model"]["detectors"]
 
 
