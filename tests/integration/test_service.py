@@ -181,10 +181,10 @@ def test_fault_alarm_end_to_end_with_systemd_notify_and_clean_stop(
     assert (raised["event"], cleared["event"]) == ("raised", "cleared")
     assert re.fullmatch(r"[0-9a-f]{32}", raised["id"]) and raised["id"] != cleared["id"]
     assert raised["machine"] == "pump1" and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", raised["time"])
-    assert raised["threshold"] == pytest.approx(agent_bundle.threshold_high)
-    assert raised["window_score"] > agent_bundle.threshold_high
-    assert cleared["threshold"] == pytest.approx(agent_bundle.threshold_low)
-    assert cleared["window_score"] < agent_bundle.threshold_low
+    assert raised["threshold"] == pytest.approx(agent_bundle.spec.threshold_high)
+    assert raised["window_score"] > agent_bundle.spec.threshold_high
+    assert cleared["threshold"] == pytest.approx(agent_bundle.spec.threshold_low)
+    assert cleared["window_score"] < agent_bundle.spec.threshold_low
     assert raised["model"] == agent_bundle.model_ids
     # the paper's bundle has one detector: its reading is the window score
     assert raised["detector_scores"] == {"cnn-gmm80": pytest.approx(raised["window_score"])}
@@ -194,7 +194,7 @@ def test_fault_alarm_end_to_end_with_systemd_notify_and_clean_stop(
     scores = [m.json() for m in subscriber.on("humwatch/pump1/score")]
     before = [s["window_score"] for s in scores if s["audio_time"] < FAULT_ONSET]
     assert all(s["detector_scores"] == {"cnn-gmm80": pytest.approx(s["window_score"])} for s in scores)
-    assert len(before) >= 5 and max(before) < agent_bundle.threshold_high
+    assert len(before) >= 5 and max(before) < agent_bundle.spec.threshold_high
 
     sensor = alarms(subscriber, "sensor_fault")
     assert sensor[0]["event"] == "raised" and sensor[0]["reason"].startswith("silence")
@@ -425,8 +425,8 @@ def test_score_command_judges_files_with_the_agents_pipeline(agent_bundle, dcase
         assert result["windows"] == 1 and result["window_scores"] == pytest.approx(expected, abs=1e-5)
         assert result["window_detector_scores"] == {"cnn-gmm80": pytest.approx(expected, abs=1e-5)}
         assert result["max_window_detector_scores"] == {"cnn-gmm80": pytest.approx(expected[0])}
-        assert result["threshold"] == agent_bundle.threshold_high and result["bundle"] == agent_bundle.id
-    assert results[1]["max_window_score"] > agent_bundle.threshold_high > results[0]["max_window_score"]
+        assert result["threshold"] == agent_bundle.spec.threshold_high and result["bundle"] == agent_bundle.id
+    assert results[1]["max_window_score"] > agent_bundle.spec.threshold_high > results[0]["max_window_score"]
 
     done = run_score("--bundle", str(agent_bundle.path), str(normal))
     assert done.returncode == 0
