@@ -176,6 +176,9 @@ def live_agent(bundle: pathlib.Path, normal: np.ndarray, fault: np.ndarray, work
             return
         event = subscriber.messages[0].json()
         onset = device.written_at(int(FAULT_ONSET * SAMPLE_RATE))
+        if onset is None:
+            print("  alarm before the fault's onset: this bundle finds the normal sound anomalous")
+            return
         print(f"  fault onset -> alarm at the subscriber: {arrived - onset:.2f} s (goal <= {ALARM_GOAL:.0f} s); "
               f"decided at {event['audio_time'] - FAULT_ONSET:.2f} s of audio after onset, "
               f"window score {event['window_score']:.3g} > threshold {event['threshold']:.3g}")

@@ -139,10 +139,11 @@ class NearestWindowScorer:
 
 
 def nearest_distances(z: np.ndarray, bank: np.ndarray, bank_norms: np.ndarray | None = None) -> np.ndarray:
-    """Euclidean distance of each row of z to its nearest row of bank, by |z|² + |b|² - 2 z·b (one matrix product)."""
-    z = np.asarray(z, dtype=np.float64)
-    norms = np.sum(np.asarray(bank, np.float64) ** 2, axis=1) if bank_norms is None else bank_norms
-    squared = np.sum(z ** 2, axis=1)[:, np.newaxis] + norms - 2.0 * (z @ np.asarray(bank, np.float64).T)
+    """Euclidean distance of each row of z to its nearest row of bank, by |z|² + |b|² - 2 z·b (one matrix product in
+    the bank's precision: float32 on the board, where the bank is searched once a patch)."""
+    z = np.asarray(z, dtype=bank.dtype)
+    norms = np.sum(bank.astype(np.float64) ** 2, axis=1) if bank_norms is None else bank_norms
+    squared = np.sum(z.astype(np.float64) ** 2, axis=1)[:, np.newaxis] + norms - 2.0 * (z @ bank.T)
     return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
 
 
