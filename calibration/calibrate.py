@@ -25,6 +25,7 @@ from humwatch.agent.durable import write_atomic
 from humwatch.agent.errors import AudioError, ConfigError, ModelError
 from humwatch.agent.model.bundle import MODULATION, Bundle, PipelineSpec, write_bundle
 from humwatch.agent.model.extractor import Extractor
+from humwatch.agent.model.pipeline import KNOWN_ANSWER_TOLERANCE, Pipeline, check_known_answer, reference_scores
 from humwatch.agent.signal.frontend import clip_patches
 from humwatch.agent.signal.mel import mel_db
 from humwatch.agent.signal.modulation import modulation_spectrum
@@ -203,7 +204,8 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
                 try:
                     calibration.bundle_dir = write_bundle(out, *_spec(calibration, extractor, params),
                                                           _filler(selection, reports),
-                                                          extractor=model_path if selection.uses_cnn else None)
+                                                          extractor=model_path if selection.uses_cnn else None,
+                                                          known_answer=known_answer)
                 except OSError as exc:
                     raise ModelError(f"{out}: cannot write the bundle ({exc.strerror or exc}); the bundle in use "
                                      "is unchanged") from None
@@ -219,6 +221,7 @@ def extend_bundle(blocks: list[Block], bundle_path: str | os.PathLike,
     with threadpool_limits(limits=1):
         clock = _StageClock()
         bundle = Bundle.load(bundle_path)
+        check_known_answer(Pipeline(bundle, num_threads))  # a runtime that computes otherwise must not extend it
         with clock("checks"):
             checked = survey(blocks)
         extractor = Extractor(bundle.extractor_path, num_threads=num_threads) if bundle.extractor_path else None
@@ -244,11 +247,16 @@ def extend_bundle(blocks: list[Block], bundle_path: str | os.PathLike,
                    "extractor": bundle.manifest.get("extractor"), "calibration": calibration.stats()}
         try:
             calibration.bundle_dir = write_bundle(bundle_path, spec, details, _filler(fitted, []),
-                                                  extractor=bundle.extractor_path)
+                                                  extractor=bundle.extractor_path, known_answer=known_answer)
         except OSError as exc:
             raise ModelError(f"{bundle_path}: cannot write the bundle ({exc.strerror or exc}); the bundle in use "
                              "is unchanged") from None
         return calibration
+
+
+def known_answer(bundle: Bundle) -> dict:
+    """What the agent must reproduce at start: the new bundle's window scores of the reference sound."""
+    return {"window_scores": reference_scores(Pipeline(bundle)), "tolerance": KNOWN_ANSWER_TOLERANCE}
 
 
 def _copy_reports(reports: list[Path], folder: Path) -> None:

@@ -275,13 +275,15 @@ def _kind_name(kind) -> str:
 
 
 def write_bundle(link: str | os.PathLike, spec: PipelineSpec, details: dict, fill: Callable[[pathlib.Path], None],
-                 extractor: str | os.PathLike | None = None) -> pathlib.Path:
+                 extractor: str | os.PathLike | None = None,
+                 known_answer: Callable[["Bundle"], dict] | None = None) -> pathlib.Path:
     """Write a new bundle version and make `link` point at it; the version in use until now stays for rollback.
 
     bundle.json holds `spec.to_json()` and the `details` beside it (machine, calibration statistics; a `threshold` or
     `extractor` object in `details` adds its fields to the spec's). `fill(directory)` saves the detector files the
-    spec names. The id, schema version, creation time and the previous version's id are added here. Returns the
-    new version directory.
+    spec names. `known_answer(bundle)` computes, on the complete new version, what the agent must reproduce at start
+    (stored as `known_answer`). The id, schema version, creation time and the previous version's id are added
+    here. Returns the new version directory.
     """
     link = pathlib.Path(link)
     versions = versions_dir(link)
@@ -297,6 +299,8 @@ def write_bundle(link: str | os.PathLike, spec: PipelineSpec, details: dict, fil
             for suffix in ("", ".json"):
                 shutil.copyfile(f"{os.fspath(extractor)}{suffix}", staging / f"{EXTRACTOR_FILE}{suffix}")
         fill(staging)
+        if known_answer is not None:
+            details = {**details, "known_answer": known_answer(_staged(staging, spec, details))}
         previous = current_version(link)
         full = {**details, **_merged(details, spec.to_json()), "schema_version": SCHEMA_VERSION, "id": bundle_id,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -315,6 +319,10 @@ def write_bundle(link: str | os.PathLike, spec: PipelineSpec, details: dict, fil
     _point(link, final)
     _prune(versions, keep={final.name, previous.name if previous else ""})
     return final
+
+
+def _staged(staging: pathlib.Path, spec: PipelineSpec, details: dict) -> Bundle:
+    return Bundle(path=staging, id=staging.name, machine=str(details.get("machine", "")), spec=spec, manifest={})
 
 
 def _merged(details: dict, spec_json: dict) -> dict:

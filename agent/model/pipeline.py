@@ -184,3 +184,48 @@ class Pipeline:
                 named[TIMING_NAME] = float(timing[0])
             results.append(PatchScore(time=seconds, window_score=float(score[0]), readings=named))
         return results
+
+
+# The reference sound every bundle is checked with: 12 s, seeded, the same samples on every machine (numpy's PCG64).
+REFERENCE_SECONDS = 12.0
+REFERENCE_SEED = 20261205
+# Largest difference, in normal standard deviations, between the window scores calibration recorded for the
+# reference sound and what this runtime computes. int8 kernels of different runtimes and CPUs may round a step
+# differently; a broken runtime, delegate or model moves scores by whole standard deviations.
+KNOWN_ANSWER_TOLERANCE = 0.05
+
+
+def reference_sound() -> np.ndarray:
+    """Machine-like test sound: broadband noise, a pulsing 440 Hz hum with harmonics and a 3 Hz tick train."""
+    rng = np.random.default_rng(REFERENCE_SEED)
+    t = np.arange(int(REFERENCE_SECONDS * SAMPLE_RATE)) / SAMPLE_RATE
+    hum = sum(np.sin(2 * np.pi * 440 * k * t) / k for k in (1, 2, 3)) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    ticks = (np.sin(2 * np.pi * 3 * t) > 0.99) * rng.standard_normal(len(t))
+    return (0.02 * rng.standard_normal(len(t)) + 0.05 * hum + 0.1 * ticks).astype(np.float32)
+
+
+def reference_scores(pipeline: "Pipeline") -> list[float]:
+    """The pipeline's window scores of the reference sound (the pipeline is reset before and after)."""
+    pipeline.reset()
+    scores = [r.window_score for r in pipeline.push(reference_sound()) if r.window_score is not None]
+    pipeline.reset()
+    return [float(s) for s in scores]
+
+
+def check_known_answer(pipeline: "Pipeline") -> None:
+    """Refuse (ModelError) a runtime that scores the reference sound otherwise than calibration did."""
+    bundle = pipeline.bundle
+    recorded = bundle.manifest.get("known_answer")
+    if recorded is None:
+        return  # a bundle from before known answers: nothing to compare with
+    expected = np.asarray(recorded.get("window_scores", []), dtype=np.float64)
+    got = np.asarray(reference_scores(pipeline))
+    if expected.shape != got.shape:
+        raise ModelError(f"{bundle.path}: known answer holds {expected.size} window scores, this humwatch computes "
+                         f"{got.size}; recalibrate")
+    difference = float(np.max(np.abs(got - expected))) if got.size else 0.0
+    if not difference <= KNOWN_ANSWER_TOLERANCE:
+        raise ModelError(f"{bundle.path}: this runtime scores the reference sound {difference:.3g} normal standard "
+                         f"deviations away from what calibration recorded (tolerance {KNOWN_ANSWER_TOLERANCE}): the "
+                         "model, the TFLite runtime or the CPU computes something else; check the install "
+                         "(tflite-runtime/ai-edge-litert version, delegate) or recalibrate on this board")

@@ -33,7 +33,7 @@ from humwatch.agent.config import Config, load_config
 from humwatch.agent.contract import SAMPLE_RATE
 from humwatch.agent.errors import HumwatchError, ModelError
 from humwatch.agent.model.bundle import Bundle
-from humwatch.agent.model.pipeline import PatchScore, Pipeline
+from humwatch.agent.model.pipeline import PatchScore, Pipeline, check_known_answer
 from humwatch.agent.service.alarm import AlarmPolicy, ChunkStats, SensorEvent, SensorHealth
 from humwatch.agent.service.capture import AudioSource, DeviceSource, open_source
 from humwatch.agent.service.sdnotify import Notifier, watchdog_interval
@@ -56,6 +56,7 @@ def load_pipeline(config: Config) -> Pipeline:
         pipeline.scorer.score(clip_patches(np.zeros(SAMPLE_RATE * 2, np.float32), bundle.spec.frontend))
     except (ValueError, IndexError) as exc:
         raise ModelError(f"{bundle.path}: the detectors do not fit the feature extractor ({exc})") from None
+    check_known_answer(pipeline)
     return pipeline
 
 

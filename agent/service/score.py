@@ -18,7 +18,7 @@ import numpy as np
 from humwatch.agent.contract import SAMPLE_RATE
 from humwatch.agent.errors import AudioError
 from humwatch.agent.model.bundle import Bundle
-from humwatch.agent.model.pipeline import Pipeline
+from humwatch.agent.model.pipeline import Pipeline, check_known_answer
 from humwatch.agent.signal.audio import parse_channel, read_wav
 from humwatch.agent.transport.publish import describe_detector_scores
 
@@ -78,6 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     channel = parse_channel(args.channel)
     pipeline = Pipeline(Bundle.load(args.bundle), num_threads=args.threads)
+    check_known_answer(pipeline)
     anomalous = failed = False
     for path in args.files:
         try:

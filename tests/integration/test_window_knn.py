@@ -100,3 +100,25 @@ def test_add_refuses_a_bundle_of_another_pipeline_in_one_line(tmp_path, normal_p
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "calibrate --add extends a bundle of the window-knn preset" in err[0] and "cnn-gmm80" in err[0]
+
+
+def test_a_runtime_that_scores_the_reference_sound_otherwise_is_refused(tmp_path, source_bundle, toycar, capsys):
+    """calibrate records the bundle's window scores of a fixed reference sound; score, run and calibrate --add
+    compute them again at start and refuse a runtime that disagrees (here: a recorded answer one SD off)."""
+    import json
+    import shutil
+
+    version = tmp_path / "version"
+    shutil.copytree(Bundle.load(source_bundle).path, version)
+    recorded = json.loads((version / "bundle.json").read_text())["known_answer"]
+    assert len(recorded["window_scores"]) == 5 and recorded["tolerance"] == 0.05
+    clip = sorted((toycar / "test").glob("*.wav"))[0]
+    assert humwatch(["score", "--bundle", str(version), str(clip)]) in (0, 1)
+    capsys.readouterr()
+
+    manifest = json.loads((version / "bundle.json").read_text())
+    manifest["known_answer"]["window_scores"][2] += 1.0
+    (version / "bundle.json").write_text(json.dumps(manifest))
+    assert humwatch(["score", "--bundle", str(version), str(clip)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scores the reference sound 1 normal standard deviations away" in err[0], err
