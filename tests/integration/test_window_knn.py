@@ -1,5 +1,6 @@
 """The default pipeline on real recordings: the agent scores a stream as calibration defined the windows, and
 `calibrate --add` teaches a bundle a new operating condition atomically, with rollback."""
+import json
 import shutil
 from pathlib import Path
 
@@ -105,9 +106,6 @@ def test_add_refuses_a_bundle_of_another_pipeline_in_one_line(tmp_path, normal_p
 def test_a_runtime_that_scores_the_reference_sound_otherwise_is_refused(tmp_path, source_bundle, toycar, capsys):
     """calibrate records the bundle's window scores of a fixed reference sound; score, run and calibrate --add
     compute them again at start and refuse a runtime that disagrees (here: a recorded answer one SD off)."""
-    import json
-    import shutil
-
     version = tmp_path / "version"
     shutil.copytree(Bundle.load(source_bundle).path, version)
     recorded = json.loads((version / "bundle.json").read_text())["known_answer"]
