@@ -64,6 +64,17 @@ def calibrated_paper(tmp_path_factory, normal_paths, squeezenet_int8):
     return calibrate(wav_blocks(normal_paths[:CALIBRATION_CLIPS]), squeezenet_int8, out, preset="paper"), out
 
 
+def test_a_preset_with_held_out_blocks_sets_its_threshold_on_the_agents_own_scores(calibrated_paper, normal_paths):
+    """The 4th, 8th, ... clip is held out; the agent's streaming pipeline gives it the score calibration saw, up to
+    float32 rounding (the board scores a patch at a time, calibration a clip at a time)."""
+    result, out = calibrated_paper
+    manifest = json.loads((out / "bundle.json").read_text())
+    assert manifest["calibration"]["fit_patches"] == 30 * 18 and manifest["calibration"]["heldout_patches"] == 10 * 18
+    pipeline = Pipeline(Bundle.load(out))
+    held = [window_scores(pipeline, read_wav(normal_paths[i]))[-1] for i in range(3, CALIBRATION_CLIPS, 4)]
+    np.testing.assert_allclose(held, result.heldout_window_scores, rtol=1e-6, atol=1e-6)
+
+
 def test_the_real_anomalous_clip_scores_above_the_paper_presets_threshold(calibrated_paper, dcase):
     result, out = calibrated_paper
     assert [d.kind for d in Bundle.load(out).spec.detectors] == ["gmm"]
