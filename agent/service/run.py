@@ -38,6 +38,7 @@ from humwatch.agent.service.alarm import AlarmPolicy, ChunkStats, SensorEvent, S
 from humwatch.agent.service.capture import AudioSource, DeviceSource, open_source
 from humwatch.agent.service.sdnotify import Notifier, watchdog_interval
 from humwatch.agent.signal.frontend import clip_patches
+from humwatch.agent.transport.messages import AlarmMessage, ModelIds, ScoreMessage, State, StateMessage
 from humwatch.agent.transport.outbox import Outbox
 from humwatch.agent.transport.publish import MqttPublisher, describe_detector_scores
 
@@ -75,7 +76,7 @@ class Analysis:
         self._set_pipeline(pipeline)
         self._next_pipeline: Pipeline | None = None
         self._swap = threading.Lock()
-        self.state = "normal"
+        self.state: State = "normal"
         self._gap = False  # silence or a stall interrupted the sound: the next sound starts a fresh window
         self.last_window_score: float | None = None
         self.error: BaseException | None = None
@@ -88,6 +89,7 @@ class Analysis:
         active = getattr(self, "policy", None) is not None and self.policy.active
         alarm = self.config.alarm
         self.pipeline = pipeline
+        self._model_ids = ModelIds.of(pipeline.bundle.model_ids)
         self._stream_start = self._samples_in
         self.policy = AlarmPolicy(pipeline.bundle.threshold_high, pipeline.bundle.threshold_low,
                                   alarm.raise_after, alarm.clear_after)
@@ -169,21 +171,23 @@ class Analysis:
         level = logging.WARNING if event.kind == "raised" else logging.INFO  # as a sensor fault and its recovery
         log.log(level, "machine anomaly %s at %.1f s of audio: window score %.4g, threshold %.4g (%s)", event.kind,
                 audio_time, window_score, event.threshold, describe_detector_scores(result.readings))
-        self.publisher.publish_alarm({"kind": "anomaly", "event": event.kind, "window_score": window_score,
-                                      "threshold": event.threshold, "detector_scores": result.readings,
-                                      "model": self.pipeline.bundle.model_ids, "reason": reason,
-                                      "audio_time": round(audio_time, 3)})
+        self.publisher.publish_alarm(AlarmMessage(
+            machine=self.config.machine.name, kind="anomaly", event=event.kind, window_score=window_score,
+            threshold=event.threshold, detector_scores=result.readings, model=self._model_ids, reason=reason,
+            audio_time=round(audio_time, 3)))
 
     def _sensor_event(self, event: SensorEvent) -> None:
         kind = "raised" if event.kind == "fault" else "cleared"
         level = logging.WARNING if kind == "raised" else logging.INFO
         log.log(level, "sensor %s %s: %s", event.reason, "fault" if kind == "raised" else "recovered", event.detail)
-        self.publisher.publish_alarm({"kind": "sensor_fault", "event": kind, "window_score": self.last_window_score,
-                                      "threshold": self.policy.threshold_high, "model": self.pipeline.bundle.model_ids,
-                                      "reason": f"{event.reason}: {event.detail}",
-                                      "audio_time": round(self._samples_in / SAMPLE_RATE, 3)})
+        self.publisher.publish_alarm(AlarmMessage(
+            machine=self.config.machine.name, kind="sensor_fault", event=kind, window_score=self.last_window_score,
+            threshold=self.policy.threshold_high, model=self._model_ids, reason=f"{event.reason}: {event.detail}",
+            audio_time=round(self._samples_in / SAMPLE_RATE, 3)))
 
     def _update_state(self) -> None:
+        state: State
+        detail: str | None
         if self.health.faults:
             state, detail = "sensor_fault", ", ".join(sorted(self.health.faults))
         elif self.policy.active:
@@ -192,7 +196,7 @@ class Analysis:
             state, detail = "normal", None
         if state != self.state:
             self.state = state
-            self.publisher.publish_state(state, detail, machine_alarm=self.policy.active)
+            self.publisher.publish_state(StateMessage(state=state, detail=detail, machine_alarm=self.policy.active))
             self._last_status = -float("inf")
 
     def _maybe_send_score(self, audio_time: float, result: PatchScore) -> None:
@@ -200,9 +204,9 @@ class Analysis:
         if interval <= 0 or (self._last_score_sent is not None and audio_time - self._last_score_sent < interval):
             return
         self._last_score_sent = audio_time
-        self.publisher.publish_score({"window_score": result.window_score, "threshold": self.policy.threshold_high,
-                                      "detector_scores": result.readings, "state": self.state,
-                                      "audio_time": round(audio_time, 3)})
+        self.publisher.publish_score(ScoreMessage(
+            window_score=result.window_score, threshold=self.policy.threshold_high, detector_scores=result.readings,
+            state=self.state, audio_time=round(audio_time, 3)))
 
     def _heartbeat(self, now: float) -> None:
         if now - self._last_watchdog >= self._watchdog_every:
@@ -263,7 +267,7 @@ class Agent:
         if isinstance(self.source, DeviceSource):
             self.source.open()  # a missing or refusing microphone fails here, before any thread runs
         self.publisher.start()
-        self.publisher.publish_state("normal")
+        self.publisher.publish_state(StateMessage(state="normal", machine_alarm=False))
         threads = [threading.Thread(target=self.analysis.run, name="analysis", daemon=True),
                    threading.Thread(target=capture, args=(self.source, self.chunks, self.stop, self.capture_errors),
                                     name="capture", daemon=True)]
