@@ -19,7 +19,6 @@ from typing import Any, ClassVar, Literal, TypeVar
 from humwatch.agent.errors import MessageError
 from humwatch.agent.typed import documented, read
 
-STATES = ("normal", "anomaly", "sensor_fault")
 State = Literal["normal", "anomaly", "sensor_fault"]
 M = TypeVar("M", bound="Message")
 
@@ -44,9 +43,11 @@ def to_json(payload: Any) -> bytes:
 
 @dataclass(frozen=True, kw_only=True)
 class Message:
-    """What every message shares: its topic leaf, the encoder and the decoder."""
+    """What every message shares: its topic leaf, how it is sent, the encoder and the decoder."""
 
-    TOPIC: ClassVar[str]
+    TOPIC: ClassVar[str]  # the last topic level: <prefix>/<machine>/<TOPIC>
+    QOS: ClassVar[int]
+    RETAINED: ClassVar[bool]
 
     def to_json(self) -> bytes:
         return to_json(dataclasses.asdict(self))
@@ -85,7 +86,7 @@ class AlarmMessage(Message):
     """An alarm raised or cleared: the machine sounds wrong (`anomaly`) or the microphone is at fault
     (`sensor_fault`). Sent at least once (de-duplicate by `id`), in order, never retained."""
 
-    TOPIC = "alarm"
+    TOPIC, QOS, RETAINED = "alarm", 1, False  # QoS: [mqtt] alarm_qos (1 or 2)
 
     id: str = documented(factory=new_alarm_id, doc="unique id of this event (uuid4 hex): the key to de-duplicate on")
     machine: str = documented(doc="the machine's name (also in the topic)")
@@ -101,7 +102,9 @@ class AlarmMessage(Message):
         doc="the threshold crossed: the high one for 'raised', the low (hysteresis) one for 'cleared'")
     detector_scores: Mapping[str, float] | None = documented(
         None, doc="anomaly events: each detector's reading of that window, in standard deviations of its held-out "
-                  "normal patch scores, by detector name (null for a sensor fault)")
+                  "normal patch scores, by detector name (null for a sensor fault). It says which part of the sound "
+                  "moved: 'logmel-gmm' the spectrum, 'logmel-dynamics-gmm' its frame-to-frame change, 'cnn-gmm80' "
+                  "the CNN's picture of the patch, 'timing' the shaft speed or cycle period")
     model: ModelIds = documented(doc="which model judged")
     reason: str = documented(doc="one short sentence for a person (for a sensor fault: 'silence', 'clipping' or "
                                  "'stalled' and detail)")
@@ -113,7 +116,7 @@ class AlarmMessage(Message):
 class StateMessage(Message):
     """The machine's state, retained: the latest is re-sent on every (re)connect."""
 
-    TOPIC = "state"
+    TOPIC, QOS, RETAINED = "state", 1, True
 
     state: State = documented(doc="'normal', 'anomaly' (the machine sounds wrong) or 'sensor_fault' (the microphone "
                                   "is silent, clipping or stalled: fix the sensor, not the machine)")
@@ -127,7 +130,7 @@ class StateMessage(Message):
 class ScoreMessage(Message):
     """Score telemetry every `[alarm] score_interval` seconds of audio; dropped while offline."""
 
-    TOPIC = "score"
+    TOPIC, QOS, RETAINED = "score", 0, False
 
     time: str = documented(factory=utc_now, doc="when it was sent (ISO 8601 UTC)")
     window_score: float = documented(doc="the latest window score (higher = more anomalous)")

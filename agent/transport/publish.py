@@ -47,24 +47,25 @@ class Topics:
     prefix: str
     machine: str
 
-    def _topic(self, leaf: str) -> str:
-        return f"{self.prefix}/{self.machine}/{leaf}"
+    def leaf(self, name: str) -> str:
+        """The topic <prefix>/<machine>/<name>."""
+        return f"{self.prefix}/{self.machine}/{name}"
 
     @property
     def status(self) -> str:
-        return self._topic("status")
+        return self.leaf("status")
 
     @property
     def state(self) -> str:
-        return self._topic("state")
+        return self.leaf("state")
 
     @property
     def alarm(self) -> str:
-        return self._topic("alarm")
+        return self.leaf("alarm")
 
     @property
     def score(self) -> str:
-        return self._topic("score")
+        return self.leaf("score")
 
 
 def make_client(settings: MqttConfig, client_id: str, clean_session: bool = True,
@@ -202,12 +203,13 @@ class MqttPublisher:
         with self._state_lock:
             self._state_payload = payload
         if self.connected:
-            self._client.publish(self.topics.state, payload, qos=1, retain=True)
+            self._client.publish(self.topics.state, payload, qos=StateMessage.QOS, retain=StateMessage.RETAINED)
 
     def publish_score(self, score: ScoreMessage) -> None:
         """Send score telemetry at QoS 0; skipped while offline."""
         if self.connected:
-            self._client.publish(self.topics.score, score.to_json(), qos=0)
+            self._client.publish(self.topics.score, score.to_json(), qos=ScoreMessage.QOS,
+                                 retain=ScoreMessage.RETAINED)
 
     def stop(self, timeout: float = 3.0) -> None:
         """Give in-flight alarms `timeout` seconds for their PUBACK, publish `offline` and disconnect cleanly."""
@@ -244,7 +246,7 @@ class MqttPublisher:
         with self._state_lock:
             state = self._state_payload
         if state is not None:
-            client.publish(self.topics.state, state, qos=1, retain=True)
+            client.publish(self.topics.state, state, qos=StateMessage.QOS, retain=StateMessage.RETAINED)
         self._events.put(("connected", 0))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
