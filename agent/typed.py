@@ -171,7 +171,7 @@ def convert(value: Any, hint: Any, base_dir: pathlib.Path | None = None) -> tupl
 
 def describe(hint: Any) -> str:
     """A type hint in words, as a problem or a reference page says it ("an integer or 'mean'")."""
-    words = []
+    words: list[str] = []
     for option in _options(hint):
         origin = typing.get_origin(option)
         if option is type(None):

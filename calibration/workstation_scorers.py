@@ -11,14 +11,14 @@ import os
 
 import numpy as np
 
-from humwatch.agent.model.scorers import (KIND_SCORERS, LOG_2PI, Detector, DetectorArrays, MixtureScorer,
+from humwatch.agent.model.scorers import (KIND_SCORERS, LOG_2PI, Detector, DetectorArrays, MixtureScorer, Scorer,
                                           load_detector, log_sum_exp)
 
 
 class KernelDensityScorer:
     """Gaussian KDE over the training points: the negative log of the mean kernel density."""
 
-    ARRAYS = ("points", "bandwidth")
+    ARRAYS: tuple[str, ...] = ("points", "bandwidth")
 
     def __init__(self, arrays: DetectorArrays, dim: int):
         points = arrays.real("points", (None, dim))
@@ -43,8 +43,8 @@ class IsolationForestScorer:
     trees make them.
     """
 
-    ARRAYS = ("tree_offsets", "children_left", "children_right", "feature", "threshold", "n_node_samples",
-              "max_samples")
+    ARRAYS: tuple[str, ...] = ("tree_offsets", "children_left", "children_right", "feature", "threshold",
+                               "n_node_samples", "max_samples")
 
     def __init__(self, arrays: DetectorArrays, dim: int):
         offsets = arrays.indices("tree_offsets", (None,))
@@ -111,7 +111,7 @@ def average_path_length(n_samples: np.ndarray) -> np.ndarray:
     return np.where(n <= 1, 0.0, np.where(n == 2, 1.0, general))
 
 
-ALL_SCORERS: dict[str, type] = {**KIND_SCORERS, "bgmm": MixtureScorer, "kde": KernelDensityScorer,
+ALL_SCORERS: dict[str, type[Scorer]] = {**KIND_SCORERS, "bgmm": MixtureScorer, "kde": KernelDensityScorer,
                                 "iforest": IsolationForestScorer}
 
 

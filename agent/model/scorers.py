@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -71,10 +72,20 @@ class DetectorArrays:
         return value
 
 
+class Scorer(Protocol):
+    """What a detector kind's scorer is: built from the file's arrays, then scoring standardised features."""
+
+    ARRAYS: tuple[str, ...]
+
+    def __init__(self, arrays: DetectorArrays, dim: int) -> None: ...
+
+    def score(self, z: np.ndarray) -> np.ndarray: ...
+
+
 class MixtureScorer:
     """GMM / B-GMM with diagonal covariances: negative log of sum_k exp(log_weight_k + log N(z; mean_k, diag))."""
 
-    ARRAYS = ("means", "precisions_cholesky", "log_weights")
+    ARRAYS: tuple[str, ...] = ("means", "precisions_cholesky", "log_weights")
 
     def __init__(self, arrays: DetectorArrays, dim: int):
         means = arrays.real("means", (None, dim))
@@ -99,7 +110,7 @@ class MixtureScorer:
 class OneClassSvmScorer:
     """RBF OC-SVM: -(sum_i dual_i * exp(-gamma * |z - sv_i|^2) + intercept)."""
 
-    ARRAYS = ("support_vectors", "dual_coef", "intercept", "gamma")
+    ARRAYS: tuple[str, ...] = ("support_vectors", "dual_coef", "intercept", "gamma")
 
     def __init__(self, arrays: DetectorArrays, dim: int):
         support_vectors = arrays.real("support_vectors", (None, dim))
@@ -119,13 +130,13 @@ class OneClassSvmScorer:
 
 # The kinds a bundle can hold. B-GMM, KDE and Isolation Forest are fitted and evaluated on the workstation only:
 # their scorers live in calibration.workstation_scorers, which passes them in as `scorers`.
-KIND_SCORERS: dict[str, type] = {"gmm": MixtureScorer, "ocsvm": OneClassSvmScorer}
+KIND_SCORERS: dict[str, type[Scorer]] = {"gmm": MixtureScorer, "ocsvm": OneClassSvmScorer}
 
 
 class Detector:
     """A loaded detector: standardise (and project) features, then score them with the kind's scorer."""
 
-    def __init__(self, arrays: DetectorArrays, scorers: Mapping[str, type] = KIND_SCORERS):
+    def __init__(self, arrays: DetectorArrays, scorers: Mapping[str, type[Scorer]] = KIND_SCORERS):
         version = arrays.integer("schema_version", 0)
         if version != SCHEMA_VERSION:
             raise arrays.fail(f"detector schema version {version}, this humwatch reads version {SCHEMA_VERSION}")
@@ -182,7 +193,8 @@ class Detector:
         return self.scorer.score(self.transform(features))
 
 
-def load_detector(path, extractor_sha256: str | None = None, scorers: Mapping[str, type] = KIND_SCORERS) -> Detector:
+def load_detector(path, extractor_sha256: str | None = None,
+                  scorers: Mapping[str, type[Scorer]] = KIND_SCORERS) -> Detector:
     """Load and check a detector .npz; refuse (ModelError) one fitted on another extractor than `extractor_sha256`."""
     path = Path(path)
     detector = Detector(DetectorArrays(path, read_npz(path, "detector")), scorers)

@@ -21,6 +21,7 @@ import queue
 import signal
 import threading
 import time
+from typing import Literal
 
 # One BLAS thread, set before numpy loads: the analysis loop is one thread by design, and OpenBLAS's worker threads
 # stall the many small matrix products of the Mel projection and the detectors on a busy board.
@@ -86,7 +87,8 @@ class Analysis:
         self._last_watchdog = self._last_status = -float("inf")
 
     def _set_pipeline(self, pipeline: Pipeline) -> None:
-        active = getattr(self, "policy", None) is not None and self.policy.active
+        previous: AlarmPolicy | None = getattr(self, "policy", None)
+        active = previous is not None and previous.active
         alarm = self.config.alarm
         self.pipeline = pipeline
         self._model_ids = ModelIds.of(pipeline.bundle.model_ids)
@@ -158,7 +160,7 @@ class Analysis:
             return
         audio_time, window_score = self._stream_start / SAMPLE_RATE + result.time, result.window_score
         self.last_window_score = window_score
-        self._maybe_send_score(audio_time, result)
+        self._maybe_send_score(audio_time, window_score, result.readings)
         if self.health.faults:
             return  # the sound of a broken sensor says nothing about the machine
         event = self.policy.update(audio_time, window_score)
@@ -177,7 +179,7 @@ class Analysis:
             audio_time=round(audio_time, 3)))
 
     def _sensor_event(self, event: SensorEvent) -> None:
-        kind = "raised" if event.kind == "fault" else "cleared"
+        kind: Literal["raised", "cleared"] = "raised" if event.kind == "fault" else "cleared"
         level = logging.WARNING if kind == "raised" else logging.INFO
         log.log(level, "sensor %s %s: %s", event.reason, "fault" if kind == "raised" else "recovered", event.detail)
         self.publisher.publish_alarm(AlarmMessage(
@@ -199,13 +201,13 @@ class Analysis:
             self.publisher.publish_state(StateMessage(state=state, detail=detail, machine_alarm=self.policy.active))
             self._last_status = -float("inf")
 
-    def _maybe_send_score(self, audio_time: float, result: PatchScore) -> None:
+    def _maybe_send_score(self, audio_time: float, window_score: float, readings: dict[str, float]) -> None:
         interval = self.config.alarm.score_interval
         if interval <= 0 or (self._last_score_sent is not None and audio_time - self._last_score_sent < interval):
             return
         self._last_score_sent = audio_time
         self.publisher.publish_score(ScoreMessage(
-            window_score=result.window_score, threshold=self.policy.threshold_high, detector_scores=result.readings,
+            window_score=window_score, threshold=self.policy.threshold_high, detector_scores=readings,
             state=self.state, audio_time=round(audio_time, 3)))
 
     def _heartbeat(self, now: float) -> None:

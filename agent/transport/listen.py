@@ -110,7 +110,7 @@ def settings_from(args: argparse.Namespace) -> MqttConfig:
     return settings
 
 
-def render(topic: str, payload: bytes, retained: bool, as_json: bool) -> str:
+def render(topic: str, payload: bytes | bytearray, retained: bool, as_json: bool) -> str:
     """One line for one message on a <prefix>/<machine>/<status|state|alarm> topic; a message that is not what its
     topic promises is shown as it came, with what is wrong."""
     parts = topic.split("/")
@@ -137,7 +137,7 @@ def render(topic: str, payload: bytes, retained: bool, as_json: bool) -> str:
 
 
 def _alarm_words(alarm: AlarmMessage) -> list[str]:
-    words = [alarm.kind, alarm.event]
+    words: list[str] = [alarm.kind, alarm.event]
     if alarm.window_score is not None:
         words.append(f"score {alarm.window_score:.4g}")
     words.append(f"threshold {alarm.threshold:.4g}")

@@ -53,7 +53,7 @@ class Message:
         return to_json(dataclasses.asdict(self))
 
     @classmethod
-    def from_json(cls: type[M], payload: bytes | str) -> M:
+    def from_json(cls: type[M], payload: bytes | bytearray | str) -> M:
         """The message in a payload; a MessageError names every field at fault, one line each."""
         try:
             data = json.loads(payload)

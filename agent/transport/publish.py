@@ -141,7 +141,8 @@ class MqttPublisher:
         self._client.enable_logger(paho_log)
         self._client.suppress_exceptions = True  # a failing callback is logged; the network thread lives on
         self._client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
-        self._client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
+        # paho declares whole seconds but computes with any number; the tests reconnect within 0.2 s
+        self._client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)  # type: ignore[arg-type]
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
