@@ -325,6 +325,6 @@ def run(args: argparse.Namespace) -> int:
     if not target.live:
         print(f"not the live system: no user {USER}, ownership or systemctl steps were run under {target.prefix}")
     elif not args.uninstall:
-        print(f"next: edit {target.config(args.instance)}, calibrate (README: 'Beside a pump'), then run\n"
+        print(f"next: edit {target.config(args.instance)}, calibrate (docs/install.md), then run\n"
               f"  systemctl enable --now humwatch@{args.instance}")
     return 0

@@ -77,7 +77,7 @@ def test_the_real_anomalous_clip_scores_above_the_paper_presets_threshold(calibr
 def test_the_real_anomalous_clip_alarms_and_outranks_every_unheard_normal_clip_by_default(calibrated, dcase,
                                                                                           normal_paths):
     """The default chooses the pipeline per machine by the synthetic faults it catches at its own threshold; on
-    this machine it keeps the default, `fusion-timing` (README, calibrate)."""
+    this machine it keeps the default, `fusion-timing` (docs/calibration.md)."""
     result, out = calibrated
     pipeline = Pipeline(Bundle.load(out))
     anomaly = window_scores(pipeline, read_wav(dcase / "test" / "anomaly_id_00_00000000.wav")).max()
@@ -104,7 +104,7 @@ def test_a_whine_in_unheard_normal_clips_scores_above_the_threshold(calibrated, 
 
 def test_library_faults_at_full_strength_are_often_caught_and_clean_clips_never(calibrated, unheard):
     """calibration.faults at strength 1 (additive faults 12 dB under the machine). Band noise and speed changes
-    that keep the spectrum's shape are missed at one false alarm a week; the measured rates are in the README
+    that keep the spectrum's shape are missed at one false alarm a week; the measured rates are in docs/performance.md
     (benchmarks/real_faults.py)."""
     result, out = calibrated
     pipeline = Pipeline(Bundle.load(out))
