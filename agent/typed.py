@@ -153,15 +153,15 @@ def convert(value: Any, hint: Any, base_dir: pathlib.Path | None = None) -> tupl
                 path = pathlib.Path(value).expanduser()
                 return (path if path.is_absolute() or base_dir is None else base_dir / path), None
         elif origin in (tuple, list):
-            items = [convert(v, typing.get_args(option)[0], base_dir) for v in value] \
-                if isinstance(value, list) else [(None, "")]
-            if all(reason is None for _, reason in items):
-                return (tuple if origin is tuple else list)(v for v, _ in items), None
+            if isinstance(value, list):
+                items = [convert(v, typing.get_args(option)[0], base_dir) for v in value]
+                if all(reason is None for _, reason in items):
+                    return (tuple if origin is tuple else list)(v for v, _ in items), None
         elif origin in (dict, Mapping):
-            entries = {k: convert(v, typing.get_args(option)[1], base_dir) for k, v in value.items()} \
-                if isinstance(value, Mapping) else {"": (None, "")}
-            if all(isinstance(k, str) and reason is None for k, (_, reason) in entries.items()):
-                return {k: v for k, (v, _) in entries.items()}, None
+            if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+                entries = {k: convert(v, typing.get_args(option)[1], base_dir) for k, v in value.items()}
+                if all(reason is None for _, reason in entries.values()):
+                    return {k: v for k, (v, _) in entries.items()}, None
         elif isinstance(option, type) and dataclasses.is_dataclass(option):
             continue  # a table: read() builds it
         else:
