@@ -1,41 +1,39 @@
 """The agent's configuration: one TOML file, checked completely at start into frozen dataclasses.
 
-Every section is a dataclass whose fields carry their default, bounds and a one-line description, so the checker,
-the README's reference and the error messages all read from one place. Unknown keys are refused (a typo must not
-silently fall back to a default), and every problem is reported at once, one line each, with its dotted name.
-Also the `humwatch check-config FILE` subcommand.
+Every section is a dataclass whose fields carry their type, default, check and a one-line description, so the
+checker, the generated reference (`docs/configuration.md`) and the error messages all read from one place. Unknown
+keys are refused (a typo must not silently fall back to a default), and every problem is reported at once, one line
+each, with its dotted name. Also the `humwatch check-config FILE` subcommand.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import pathlib
 import re
+import ssl
 import sys
-import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import tomllib
 
 from humwatch.agent.errors import ConfigError, ModelError
 from humwatch.agent.paths import data_dir
-from humwatch.agent.transport.publish import TOML_NAMES, MqttSettings
+from humwatch.agent.typed import (Problem, describe, doc_of, documented, inner_dataclass, is_required, read,
+                                  shown_default)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # safe as one MQTT topic level and a file name
 
 
-def setting(default: Any = dataclasses.MISSING, *, doc: str, check=None):
-    """A config field: its default (none = required), a description, and an optional check returning a reason."""
-    return field(default=default, metadata={"doc": doc, "check": check})
-
-
-def _at_least(low: float):
+def _at_least(low: float) -> Callable[[Any], str | None]:
     return lambda v: None if v >= low else f"must be at least {low}"
 
 
-def _between(low: float, high: float):
+def _between(low: float, high: float) -> Callable[[Any], str | None]:
     return lambda v: None if low <= v <= high else f"must be between {low} and {high}"
 
 
@@ -43,68 +41,179 @@ def _positive(v: float) -> str | None:
     return None if v > 0 else "must be greater than 0"
 
 
+def _existing_file(path: pathlib.Path) -> str | None:
+    return None if path.is_file() else f"no such file {path}"
+
+
+def _topic(v: str) -> bool:
+    return bool(v) and not re.search(r"[+#\x00]", v) and not v.startswith("/") and not v.endswith("/")
+
+
 @dataclass(frozen=True)
 class MachineConfig:
-    name: str = setting(doc="the machine's name, used in MQTT topics (letters, digits, '_', '-', '.')",
-                        check=lambda v: None if _NAME.match(v) else "must be 1-64 letters, digits, '_', '-' or '.'")
+    """The machine this agent listens to."""
+
+    name: str = documented(doc="the machine's name, used in MQTT topics (letters, digits, '_', '-', '.')",
+                           check=lambda v: None if _NAME.match(v) else "must be 1-64 letters, digits, '_', '-' or '.'")
 
 
 @dataclass(frozen=True)
 class AudioConfig:
-    source: Literal["device", "file"] = setting("device", doc="'device' (a microphone) or 'file' (a WAV replay)")
-    device: int | str | None = setting(None, doc="PortAudio input device: index, or part of its name; "
-                                                 "default: the system's default input")
-    rate: int = setting(16000, doc="rate the device is opened at (Hz); other rates are resampled to 16 kHz",
-                        check=_between(8000, 192000))
-    channels: int = setting(1, doc="channels the device is opened with", check=_between(1, 32))
-    channel: int | Literal["mean"] = setting(0, doc="channel analysed (0-based index), or 'mean' of all channels")
-    file: pathlib.Path | None = setting(None, doc="WAV file replayed when source = 'file'")
-    realtime: bool = setting(True, doc="replay the file at its real pace (false: as fast as the analysis goes)")
+    """Where the sound comes from."""
 
-    def problems(self) -> dict[str, str]:
-        found = {}
+    source: Literal["device", "file"] = documented("device", doc="'device' (a microphone) or 'file' (a WAV replay)")
+    device: int | str | None = documented(None, doc="PortAudio input device: index, or part of its name (e.g. "
+                                                    "'USB'); unset: the system's default input")
+    rate: int = documented(16000, doc="rate the device is opened at (Hz); other rates are resampled to 16 kHz",
+                           check=_between(8000, 192000))
+    channels: int = documented(1, doc="channels the device is opened with", check=_between(1, 32))
+    channel: int | Literal["mean"] = documented(0, doc="channel analysed (0-based index), or 'mean' of all channels")
+    file: pathlib.Path | None = documented(None, doc="WAV file replayed when source = 'file' (required then)")
+    realtime: bool = documented(True, doc="replay the file at its real pace (false: as fast as the analysis goes)")
+
+    def problems(self) -> list[Problem]:
+        found = []
         if isinstance(self.channel, int) and not 0 <= self.channel < self.channels:
-            found["channel"] = f"must be below channels ({self.channels}) or 'mean'"
+            found.append(Problem("channel", f"must be below channels ({self.channels}) or 'mean'"))
         if self.source == "file" and self.file is None:
-            found["file"] = "required when source = 'file'"
-        elif self.source == "file" and not self.file.is_file():
-            found["file"] = f"no such file {self.file}"
+            found.append(Problem("file", "required when source = 'file'"))
+        elif self.source == "file" and self.file is not None and not self.file.is_file():
+            found.append(Problem("file", f"no such file {self.file}"))
         return found
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    bundle: pathlib.Path = setting(doc="calibrated model bundle directory (written by `humwatch calibrate`)")
-    threads: int = setting(1, doc="TFLite interpreter threads", check=_between(1, 16))
+    """The calibrated model the agent judges with."""
+
+    bundle: pathlib.Path = documented(doc="calibrated model bundle directory (written by `humwatch calibrate`)")
+    threads: int = documented(1, doc="TFLite interpreter threads", check=_between(1, 16))
 
 
 @dataclass(frozen=True)
 class AlarmConfig:
-    raise_after: int = setting(3, doc="consecutive window scores above the high threshold that raise an alarm",
-                               check=_at_least(1))
-    clear_after: int = setting(10, doc="consecutive window scores below the low threshold that clear it",
-                               check=_at_least(1))
-    score_interval: float = setting(10.0, doc="seconds between score telemetry messages (0: none)",
-                                    check=_at_least(0))
+    """When the machine alarm is raised and cleared, and how often the score is sent."""
+
+    raise_after: int = documented(3, doc="consecutive window scores above the high threshold that raise an alarm",
+                                  check=_at_least(1))
+    clear_after: int = documented(10, doc="consecutive window scores below the low threshold that clear it",
+                                  check=_at_least(1))
+    score_interval: float = documented(10.0, doc="seconds of audio between score messages (0: none)",
+                                       check=_at_least(0))
 
 
 @dataclass(frozen=True)
 class SensorConfig:
-    silence_dbfs: float = setting(-70.0, doc="level (dBFS RMS) below which the input counts as silent",
-                                  check=_between(-150, 0))
-    silence_seconds: float = setting(5.0, doc="silence lasting this long is a sensor fault (dead or unplugged mic)",
-                                     check=_positive)
-    clipping_fraction: float = setting(0.01, doc="share of samples at full scale that counts as clipping",
-                                       check=lambda v: None if 0 < v <= 1 else "must be above 0 and at most 1")
-    clipping_seconds: float = setting(2.0, doc="span of audio over which that share is measured",
-                                       check=_positive)
-    stall_seconds: float = setting(3.0, doc="no audio for this long is a sensor fault (capture stalled)",
-                                   check=_positive)
+    """When the microphone, not the machine, is at fault: a sensor fault instead of a machine alarm."""
+
+    silence_dbfs: float = documented(-70.0, doc="level (dBFS RMS) below which the input counts as silent",
+                                     check=_between(-150, 0))
+    silence_seconds: float = documented(5.0, doc="silence lasting this long is a sensor fault (dead or unplugged "
+                                                 "mic)", check=_positive)
+    clipping_fraction: float = documented(0.01, doc="share of samples at full scale that counts as clipping",
+                                          check=lambda v: None if 0 < v <= 1 else "must be above 0 and at most 1")
+    clipping_seconds: float = documented(2.0, doc="span of audio over which that share is measured", check=_positive)
+    stall_seconds: float = documented(3.0, doc="no audio for this long is a sensor fault (capture stalled)",
+                                      check=_positive)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS to the broker: on when this table is present (an empty one trusts the system's CA store)."""
+
+    ca_file: pathlib.Path | None = documented(None, doc="CA certificate (PEM) that signed the broker's certificate; "
+                                                        "unset: the system's CA store", check=_existing_file)
+    certfile: pathlib.Path | None = documented(None, doc="client certificate (PEM), when the broker wants one",
+                                               check=_existing_file)
+    keyfile: pathlib.Path | None = documented(None, doc="the client certificate's key, if not inside certfile",
+                                              check=_existing_file)
+    insecure: bool = documented(False, doc="skip the broker host name check (the chain is still verified); only for "
+                                           "a broker reached by an address its certificate lacks")
+
+    def problems(self) -> list[Problem]:
+        found = [] if self.keyfile is None or self.certfile is not None else \
+            [Problem("certfile", "is needed with a keyfile")]
+        try:
+            self.context()  # reads the certificate files once, so a bad one is reported at start
+        except ConfigError as exc:
+            found += exc.problems
+        return found
+
+    def context(self) -> ssl.SSLContext:
+        """The TLS context; a ConfigError names the file that cannot be used."""
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError([Problem("ca_file", f"not a PEM CA certificate file {self.ca_file} ({exc})")]) from None
+        if self.certfile:
+            try:
+                context.load_cert_chain(self.certfile, self.keyfile)
+            except (ssl.SSLError, OSError) as exc:
+                with_key = f" with key {self.keyfile}" if self.keyfile else ""
+                raise ConfigError([Problem("certfile", f"cannot load the client certificate {self.certfile}"
+                                                       f"{with_key} ({exc})")]) from None
+        context.check_hostname = not self.insecure
+        return context
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The broker that receives alarms, state and score (topics and messages: docs/mqtt.md)."""
+
+    host: str = documented("localhost", doc="broker host name or address",
+                           check=lambda v: None if v.strip() else "must not be empty")
+    port: int | None = documented(None, doc="broker port", shown="unset: 1883, or 8883 with TLS",
+                                  check=lambda v: None if 1 <= v <= 65535 else f"must be 1..65535, not {v}")
+    prefix: str = documented("humwatch", doc="first topic level (may contain '/', no wildcards)",
+                             check=lambda v: None if _topic(v) else
+                             f"must be a topic without wildcards or leading/trailing '/', not {v!r}")
+    username: str | None = documented(None, doc="broker login")
+    password: str | None = documented(None, repr=False, doc="broker password; never logged or shown (keep the "
+                                                            "config file mode 0640)")
+    tls: TlsConfig | None = documented(None, doc="TLS settings: the `[mqtt.tls]` table; unset: plain TCP")
+    keepalive: int = documented(60, doc="seconds between MQTT pings; the broker declares the agent dead (last will) "
+                                        "after 1.5 times this",
+                                check=lambda v: None if v >= 5 else f"must be at least 5 s, not {v}")
+    client_id: str | None = documented(None, doc="MQTT client id (clean session: the outbox, not the broker, holds "
+                                                 "pending alarms)", shown="unset: `humwatch-<machine>-<hostname>`")
+    alarm_qos: int = documented(1, doc="QoS of alarm messages, 1 or 2; status and state use 1, score 0",
+                                check=lambda v: None if v in (1, 2) else f"must be 1 or 2, not {v}")
+    discovery: bool = documented(True, doc="publish Home Assistant discovery configs")
+    discovery_prefix: str = documented("homeassistant", doc="Home Assistant's discovery topic prefix",
+                                       check=lambda v: None if _topic(v) else
+                                       f"must be a topic without wildcards, not {v!r}")
+    reconnect_min_s: float = documented(1.0, doc="first wait before reconnecting (s); doubles up to reconnect_max_s")
+    reconnect_max_s: float = documented(60.0, doc="longest wait between reconnects (s)")
+
+    def problems(self) -> list[Problem]:
+        found = []
+        if self.password is not None and self.username is None:
+            found.append(Problem("username", "is needed with a password"))
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            found.append(Problem("reconnect_min_s", f"must be > 0 and <= reconnect_max_s ({self.reconnect_max_s}), "
+                                                    f"not {self.reconnect_min_s}"))
+        return found
+
+    @property
+    def resolved_port(self) -> int:
+        return self.port if self.port is not None else (8883 if self.tls is not None else 1883)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for the connection, or None for plain TCP."""
+        if self.tls is None:
+            return None
+        try:
+            return self.tls.context()
+        except ConfigError as exc:
+            raise ConfigError([p.under("mqtt.tls") for p in exc.problems]) from None
 
 
 @dataclass(frozen=True)
 class StateConfig:
-    dir: pathlib.Path = setting(data_dir() / "state", doc="directory of the durable alarm outbox")
+    """Where the agent keeps what must survive a restart."""
+
+    dir: pathlib.Path = documented(data_dir() / "state", doc="directory of the durable alarm outbox (outbox.sqlite)",
+                                   shown="`$HUMWATCH_HOME/state` (`~/.local/share/humwatch/state`)")
 
     @property
     def outbox(self) -> pathlib.Path:
@@ -118,19 +227,19 @@ class Config:
     audio: AudioConfig = AudioConfig()
     alarm: AlarmConfig = AlarmConfig()
     sensor: SensorConfig = SensorConfig()
-    mqtt: MqttSettings = MqttSettings()
+    mqtt: MqttConfig = MqttConfig()
     state: StateConfig = StateConfig()
     path: pathlib.Path | None = None  # the file this was read from
 
 
 SECTIONS: dict[str, type] = {
     "machine": MachineConfig, "audio": AudioConfig, "model": ModelConfig, "alarm": AlarmConfig,
-    "sensor": SensorConfig, "mqtt": MqttSettings, "state": StateConfig,
+    "sensor": SensorConfig, "mqtt": MqttConfig, "state": StateConfig,
 }
 REQUIRED_SECTIONS = ("machine", "model")
 
 
-def load_config(path: str | pathlib.Path) -> Config:
+def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and check a config file; raise ConfigError listing every problem, one line each."""
     path = pathlib.Path(path)
     try:
@@ -144,158 +253,57 @@ def load_config(path: str | pathlib.Path) -> Config:
     return parse_config(data, base_dir=path.parent, source=path)
 
 
-def parse_config(data: dict, base_dir: pathlib.Path, source: pathlib.Path | None = None) -> Config:
+def parse_config(data: dict[str, Any], base_dir: pathlib.Path, source: pathlib.Path | None = None) -> Config:
     """Check a parsed TOML document; relative paths are taken relative to `base_dir`."""
-    errors: dict[str, str] = {}
+    problems = [Problem(name, f"unknown section (known: {', '.join(SECTIONS)})") for name in data
+                if name not in SECTIONS]
     sections = {}
-    for name in data:
-        if name not in SECTIONS:
-            errors[name] = f"unknown section (known: {', '.join(SECTIONS)})"
     for name, cls in SECTIONS.items():
         if name not in data:
             if name in REQUIRED_SECTIONS:
-                errors[name] = "missing section"
+                problems.append(Problem(name, "missing section"))
             continue
-        if not isinstance(data[name], dict):
-            errors[name] = "must be a table ([" + name + "])"
-            continue
-        if cls is MqttSettings:  # the MQTT part checks its own table (TLS files included)
-            section = _build_mqtt(data[name], base_dir, errors)
-        else:
-            section = _build(cls, data[name], base_dir, name, errors)
+        section, found = read_section(name, data[name], base_dir)
+        problems += found
         if section is not None:
             sections[name] = section
-    if errors:
-        where = f"{source}: " if source else ""
-        raise ConfigError("\n".join(f"{where}{key}: {reason}" for key, reason in errors.items()))
+    if problems:
+        raise ConfigError(problems, where=f"{source}: " if source else "")
     return Config(**sections, path=source)
 
 
-def _build_mqtt(table: dict, base_dir: pathlib.Path, errors: dict[str, str]) -> MqttSettings | None:
-    try:
-        return MqttSettings.from_table(table, base_dir)
-    except ConfigError as exc:  # one line per field at fault, each "mqtt.<key>: <reason>"
-        for line in str(exc).splitlines():
-            key, _, reason = line.partition(": ")
-            errors[key if reason else "mqtt"] = reason or key
-        return None
-
-
-def _build(cls: type, values: dict, base_dir: pathlib.Path, prefix: str, errors: dict[str, str]):
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
-    before = len(errors)
-    for key in values:
-        if key not in fields:
-            errors[f"{prefix}.{key}"] = f"unknown key (known: {', '.join(fields)})"
-    for name, f in fields.items():
-        dotted = f"{prefix}.{name}"
-        if name not in values:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                errors[dotted] = "missing (required)"
-            continue
-        value, reason = _convert(values[name], hints[name], base_dir)
-        check = f.metadata.get("check")
-        if reason is None and check is not None and value is not None:
-            reason = check(value)
-        if reason is not None:
-            errors[dotted] = reason
-        else:
-            kwargs[name] = value
-    if len(errors) > before:
-        return None
-    try:
-        built = cls(**kwargs)
-    except (ValueError, TypeError) as exc:  # a section class's own cross-field checks
-        errors[prefix] = str(exc)
-        return None
-    for key, reason in getattr(built, "problems", dict)().items():
-        errors[f"{prefix}.{key}"] = reason
-    return built if len(errors) == before else None
-
-
-def _convert(value: Any, hint: Any, base_dir: pathlib.Path) -> tuple[Any, str | None]:
-    """Match a TOML value against a field's type; returns (value, None) or (None, reason)."""
-    options = typing.get_args(hint) if _is_union(hint) else (hint,)
-    for option in options:
-        if option is type(None):
-            continue  # TOML has no null: an optional field is set by leaving it out
-        if typing.get_origin(option) is Literal:
-            if value in typing.get_args(option) and isinstance(value, str):
-                return value, None
-        elif option is bool:
-            if isinstance(value, bool):
-                return value, None
-        elif option is int:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value, None
-        elif option is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value), None
-        elif option is str:
-            if isinstance(value, str):
-                return value, None
-        elif option is pathlib.Path:
-            if isinstance(value, str) and value:
-                path = pathlib.Path(value).expanduser()
-                return (path if path.is_absolute() else base_dir / path), None
-        elif typing.get_origin(option) in (tuple, list):
-            item = typing.get_args(option)[0]
-            if isinstance(value, list) and all(isinstance(v, item) for v in value):
-                return typing.get_origin(option)(value), None
-        else:
-            raise TypeError(f"config fields of type {option!r} are not supported")
-    return None, f"must be {_describe(hint)}, not {value!r}"
-
-
-def _is_union(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType)
-
-
-def _describe(hint: Any) -> str:
-    options = typing.get_args(hint) if _is_union(hint) else (hint,)
-    words = []
-    for option in options:
-        if option is type(None):
-            continue
-        if typing.get_origin(option) is Literal:
-            words.extend(repr(v) for v in typing.get_args(option))
-        elif option is pathlib.Path:
-            words.append("a path")
-        elif typing.get_origin(option) in (tuple, list):
-            words.append(f"a list of {typing.get_args(option)[0].__name__}")
-        else:
-            words.append({bool: "true or false", int: "an integer", float: "a number", str: "a string"}[option])
-    return " or ".join(words)
+def read_section(name: str, table: Any, base_dir: pathlib.Path | None = None) -> tuple[Any, list[Problem]]:
+    """One `[name]` table: (section, []) or (None, its problems, named by their dotted keys)."""
+    if not isinstance(table, dict):
+        return None, [Problem(name, f"must be a table ([{name}])")]
+    section, problems = read(SECTIONS[name], table, refuse_unknown=True, base_dir=base_dir)
+    return section, [p.under(name) for p in problems]
 
 
 def reference() -> str:
-    """The config reference as Markdown tables (section, key, default, meaning), for the README."""
-    lines = []
+    """Every section and key as Markdown tables (key, type, default, meaning): the body of docs/configuration.md."""
+    lines: list[str] = []
     for name, cls in SECTIONS.items():
-        if cls is MqttSettings:
-            lines += [_mqtt_keys(), ""]
-            continue
-        lines += [f"`[{name}]`{' (required)' if name in REQUIRED_SECTIONS else ''}", "",
-                  "| key | default | meaning |", "|---|---|---|"]
-        for f in dataclasses.fields(cls):
-            if not f.init:
-                continue
-            default = "required" if f.default is dataclasses.MISSING else _toml(f.default)
-            lines.append(f"| `{f.name}` | {default} | {f.metadata.get('doc', '')} |")
-        lines.append("")
+        lines += _section_reference(name, cls, required=name in REQUIRED_SECTIONS)
     return "\n".join(lines)
 
 
-def _mqtt_keys() -> str:
-    """The [mqtt] and [mqtt.tls] keys with their defaults (their meaning: README, *MQTT topics and payloads*)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(MqttSettings)}
-    keys = [f"`{toml.removeprefix('mqtt.')}` ({_toml(defaults[name])})" for name, toml in TOML_NAMES.items()
-            if name != "tls"]
-    return ("`[mqtt]` and `[mqtt.tls]` keys (default): " + ", ".join(keys)
-            + "; an unset port is 1883, or 8883 with TLS (on when a `[mqtt.tls]` table is present). Meanings: "
-            "README, *MQTT topics and payloads*.")
+def _section_reference(name: str, cls: type, required: bool) -> list[str]:
+    hints = typing.get_type_hints(cls)
+    lines = [f"### `[{name}]`{' (required)' if required else ''}", "", (cls.__doc__ or "").strip(), "",
+             "| key | type | default | meaning |", "|---|---|---|---|"]
+    tables = []
+    for f in dataclasses.fields(cls):
+        inner = inner_dataclass(hints[f.name])
+        if inner is not None:
+            tables.append((f"{name}.{f.name}", inner))
+            continue
+        default = "required" if is_required(f) else shown_default(f) or _toml(f.default)
+        lines.append(f"| `{f.name}` | {describe(hints[f.name])} | {default} | {doc_of(f)} |")
+    lines.append("")
+    for table_name, inner in tables:
+        lines += _section_reference(table_name, inner, required=False)
+    return lines
 
 
 def _toml(value: Any) -> str:

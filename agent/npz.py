@@ -1,15 +1,15 @@
 """Reading the plain-array .npz files of a bundle (detectors, timing), with every kind of damage one ModelError."""
 from __future__ import annotations
 
+import os
 import zipfile
-from pathlib import Path
 
 import numpy as np
 
 from humwatch.agent.errors import ModelError
 
 
-def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+def read_npz(path: str | os.PathLike[str], what: str) -> dict[str, np.ndarray]:
     """All arrays of the .npz at `path` (`what` names the file's role in the error); no pickles. An empty,
     truncated or corrupted file, a single .npy or a directory is a ModelError naming the file."""
     try:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from humwatch.agent.contract import WINDOW_PATCHES  # noqa: E402
 from humwatch.agent.errors import ModelError  # noqa: E402
-from humwatch.agent.model.scorers import load_detector  # noqa: E402
+from humwatch.calibration.workstation_scorers import load_workstation_detector  # noqa: E402
 from humwatch.agent.paths import default_model  # noqa: E402
 from humwatch.agent.signal.audio import read_wav  # noqa: E402
 from humwatch.agent.signal.frontend import PatchBatch, clip_patches  # noqa: E402
@@ -128,7 +128,7 @@ def main() -> int:
             fit_seconds = time.perf_counter() - start
             path = pathlib.Path(tmp) / f"{kind}-{dim}.npz"
             fitted.save(path)
-            detector = load_detector(path)
+            detector = load_workstation_detector(path)
             one = median_seconds(lambda: detector.score(train[:1]), args.repeat)
             window = median_seconds(lambda: detector.score(train[:WINDOW_PATCHES]), args.repeat) / WINDOW_PATCHES
             rows.append((kind, dim, source, describe(path), fit_seconds, one, window,

@@ -1,4 +1,4 @@
-"""What a calibration catches on real sound: the figures of the README's "What it catches on real sound".
+"""What a calibration catches on real sound: the figures of docs/performance.md, "What calibration catches on real sound".
 
 Calibrates as tests/test_calibration.py does (the first 40 of the 75 shared DCASE fan id_00 normal clips, the
 default preset, one false alarm a week), then prints the share of injected faults each candidate catches (what

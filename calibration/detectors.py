@@ -28,6 +28,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from humwatch.agent.errors import ModelError
 from humwatch.agent.model.scorers import Detector, DetectorArrays
+from humwatch.calibration.workstation_scorers import ALL_SCORERS
 from humwatch.calibration.export import detector_arrays, write_npz_atomic
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class FittedDetector:
     @cached_property
     def board_detector(self) -> Detector:
         """The numpy scorer the board will build from these arrays."""
-        return Detector(DetectorArrays(Path(f"<unsaved {self.kind} detector>"), self.arrays()))
+        return Detector(DetectorArrays(Path(f"<unsaved {self.kind} detector>"), self.arrays()), ALL_SCORERS)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Per-patch anomaly score exactly as the board computes it (higher = more anomalous), so a threshold

@@ -1,6 +1,6 @@
 """The alarm threshold: from held-out normal window scores to a stated false-alarm rate.
 
-Method (documented in the README, section calibrate):
+Method (documented in docs/calibration.md, section Calibrate):
 
 1. The agent decides once per window of `WINDOW_PATCHES` new patches, so a day holds
    `86400 / (WINDOW_PATCHES * PATCH_SECONDS)` independent decisions (9375 for 18 patches of 0.512 s).

@@ -90,14 +90,14 @@ class DetectorMethod(FeatureMethod):
         self._detector = None
 
     def fit(self, train: list[np.ndarray], seed: int) -> None:
-        from humwatch.agent.model.scorers import load_detector
         from humwatch.calibration.detectors import fit_detector
+        from humwatch.calibration.workstation_scorers import load_workstation_detector
 
         fitted = fit_detector(self.kind, np.concatenate(train), self.source.extractor_sha256, random_state=seed)
         with tempfile.TemporaryDirectory(prefix="humwatch-eval-") as tmp:
             path = pathlib.Path(tmp) / "detector.npz"
             fitted.save(path)
-            self._detector = load_detector(path, self.source.extractor_sha256)
+            self._detector = load_workstation_detector(path, self.source.extractor_sha256)
 
     def clip_scores(self, clips: list[np.ndarray]) -> np.ndarray:
         return np.array([self._detector.score(c).mean() for c in clips])

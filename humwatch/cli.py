@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "convert": ("humwatch.convert.cli", "convert an ImageNet CNN to TFLite feature extractors (float32 and int8)"),
     "evaluate": ("humwatch.evaluation.cli", "measure detection quality (ROC AUC) with the paper's protocol"),
     "demo": ("humwatch.demo", "show the whole product on a synthetic pump: calibrate, run, alarm"),
+    "docs": ("humwatch.docs", "write the configuration and MQTT reference pages (docs/) from the code"),
 }
 
 

@@ -7,7 +7,6 @@ develops, and prints the alarm as an MQTT subscriber receives it, with the time 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import pathlib
@@ -30,6 +29,7 @@ from humwatch.agent.durable import refuse_unwritable
 from humwatch.agent.errors import HumwatchError
 from humwatch.agent.paths import default_model
 from humwatch.agent.service.run import Agent
+from humwatch.agent.transport.messages import AlarmMessage
 from humwatch.calibration.calibrate import calibrate
 from humwatch.calibration.collect import split_blocks
 from humwatch.evaluation.synth import Anomaly, synth_clip
@@ -112,15 +112,15 @@ def _demo(model: pathlib.Path, workdir: pathlib.Path, broker: tuple[str, int] | 
             }, workdir)
             Agent(config).run()
             alarms = subscriber.wait_for_alarm(BROKER_WAIT_S)
-    raised = [a for a in alarms if a.get("kind") == "anomaly" and a.get("event") == "raised"]
+    raised = [a for a in alarms if a.kind == "anomaly" and a.event == "raised"]
     if not raised:
         say("no alarm arrived: the demo failed (see the log above)")
         return 1
     first = raised[0]
-    delay = first["audio_time"] - onset_s
+    delay = first.audio_time - onset_s
     say(f"alarm after {delay:.1f} s of faulty sound (one window is 10 s; alarms need "
         f"{config.alarm.raise_after} window scores in a row above the threshold)")
-    early = [a for a in raised if a["audio_time"] < onset_s]
+    early = [a for a in raised if a.audio_time < onset_s]
     if early:
         say(f"note: {len(early)} alarm(s) came before the fault began (false alarms)")
     return 0
@@ -145,7 +145,7 @@ class _Subscriber:
     """Prints every alarm and state change as it arrives, and keeps the alarms."""
 
     def __init__(self, host: str, port: int, topic: str) -> None:
-        self.alarms: list[dict] = []
+        self.alarms: list[AlarmMessage] = []
         self._arrived = threading.Event()
         self._subscribed = threading.Event()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"humwatch-demo-{os.getpid()}")
@@ -168,14 +168,13 @@ class _Subscriber:
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         text = message.payload.decode(errors="replace")
         if message.topic.endswith("/alarm"):
-            event = json.loads(text)
-            self.alarms.append(event)
-            say(f"    subscriber got {message.topic}:\n      {json.dumps(event, indent=None)}")
+            self.alarms.append(AlarmMessage.from_json(message.payload))
+            say(f"    subscriber got {message.topic}:\n      {text}")
             self._arrived.set()
         elif message.topic.endswith("/state"):
             say(f"    subscriber got {message.topic}: {text}")
 
-    def wait_for_alarm(self, timeout: float) -> list[dict]:
+    def wait_for_alarm(self, timeout: float) -> list[AlarmMessage]:
         self._arrived.wait(timeout)
         time.sleep(0.5)  # let a clear that follows the raise arrive too
         return self.alarms

@@ -1,13 +1,14 @@
 """Score features on the board with numpy alone, from a detector .npz written by `calibration.export`.
 
-Every score is per patch and higher means more anomalous: GMM and B-GMM give the negative log-likelihood,
-the OC-SVM the negative decision function, the KDE the negative log density and the Isolation Forest the negative
-of scikit-learn's score_samples, each equal to scikit-learn's own value. The file is loaded with allow_pickle=False
+Every score is per patch and higher means more anomalous: the GMM gives the negative log-likelihood and the OC-SVM
+the negative decision function, each equal to scikit-learn's own value. The file is loaded with allow_pickle=False
 and checked completely at load time, so a damaged or mismatched file fails at start with one line naming it.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -71,10 +72,20 @@ class DetectorArrays:
         return value
 
 
+class Scorer(Protocol):
+    """What a detector kind's scorer is: built from the file's arrays, then scoring standardised features."""
+
+    ARRAYS: tuple[str, ...]
+
+    def __init__(self, arrays: DetectorArrays, dim: int) -> None: ...
+
+    def score(self, z: np.ndarray) -> np.ndarray: ...
+
+
 class MixtureScorer:
     """GMM / B-GMM with diagonal covariances: negative log of sum_k exp(log_weight_k + log N(z; mean_k, diag))."""
 
-    ARRAYS = ("means", "precisions_cholesky", "log_weights")
+    ARRAYS: tuple[str, ...] = ("means", "precisions_cholesky", "log_weights")
 
     def __init__(self, arrays: DetectorArrays, dim: int):
         means = arrays.real("means", (None, dim))
@@ -99,7 +110,7 @@ class MixtureScorer:
 class OneClassSvmScorer:
     """RBF OC-SVM: -(sum_i dual_i * exp(-gamma * |z - sv_i|^2) + intercept)."""
 
-    ARRAYS = ("support_vectors", "dual_coef", "intercept", "gamma")
+    ARRAYS: tuple[str, ...] = ("support_vectors", "dual_coef", "intercept", "gamma")
 
     def __init__(self, arrays: DetectorArrays, dim: int):
         support_vectors = arrays.real("support_vectors", (None, dim))
@@ -147,110 +158,24 @@ def nearest_distances(z: np.ndarray, bank: np.ndarray, bank_norms: np.ndarray | 
     return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
 
 
-class KernelDensityScorer:
-    """Gaussian KDE over the training points: the negative log of the mean kernel density."""
-
-    ARRAYS = ("points", "bandwidth")
-
-    def __init__(self, arrays: DetectorArrays, dim: int):
-        points = arrays.real("points", (None, dim))
-        if len(points) == 0:
-            raise arrays.fail("array 'points' is empty")
-        bandwidth = float(arrays.real("bandwidth", (), positive=True))
-        self.points = points
-        self.point_norms = np.sum(points ** 2, axis=1)
-        self.inverse_two_h2 = 0.5 / bandwidth ** 2
-        self.log_normaliser = np.log(len(points)) + 0.5 * dim * LOG_2PI + dim * np.log(bandwidth)
-
-    def score(self, z: np.ndarray) -> np.ndarray:
-        squared = np.sum(z ** 2, axis=1)[:, np.newaxis] + self.point_norms - 2.0 * (z @ self.points.T)
-        return -(log_sum_exp(-self.inverse_two_h2 * squared) - self.log_normaliser)
-
-
-class IsolationForestScorer:
-    """Isolation Forest: -2^(-mean path length / c(max_samples)), trees walked all at once as index arrays.
-
-    A path length is the leaf's depth plus c(n), the average path length of an unsuccessful search in a binary
-    tree of the n training samples left in that leaf. Comparisons are made on float32 features, as scikit-learn's
-    trees make them.
-    """
-
-    ARRAYS = ("tree_offsets", "children_left", "children_right", "feature", "threshold", "n_node_samples",
-              "max_samples")
-
-    def __init__(self, arrays: DetectorArrays, dim: int):
-        offsets = arrays.indices("tree_offsets", (None,))
-        n_nodes = int(offsets[-1]) if len(offsets) else 0
-        if len(offsets) < 2 or offsets[0] != 0 or np.any(np.diff(offsets) < 1):
-            raise arrays.fail("array 'tree_offsets' must rise from 0 in steps of at least 1")
-        left = arrays.indices("children_left", (n_nodes,))
-        right = arrays.indices("children_right", (n_nodes,))
-        feature = arrays.indices("feature", (n_nodes,))
-        threshold = arrays.real("threshold", (n_nodes,))
-        n_node_samples = arrays.indices("n_node_samples", (n_nodes,))
-        max_samples = arrays.integer("max_samples", 1)
-
-        node = np.arange(n_nodes)
-        tree_end = np.repeat(offsets[1:], np.diff(offsets))
-        leaf = left == -1
-        # Children lie after their parent inside the same tree, so every path ends at a leaf (no cycles).
-        valid_children = leaf & (right == -1) | ~leaf & (left > node) & (left < tree_end) & (right > node) & (
-            right < tree_end)
-        if not np.all(valid_children):
-            raise arrays.fail("arrays 'children_left'/'children_right' do not describe trees")
-        if np.any(~leaf & ((feature < 0) | (feature >= dim))) or np.any(n_node_samples < 1):
-            raise arrays.fail(f"array 'feature' or 'n_node_samples' out of range for {dim} features")
-
-        depth = np.zeros(n_nodes, dtype=np.int64)
-        parents = node[~leaf]
-        deepest = int(np.ceil(np.log2(max(max_samples, 2))))  # scikit-learn grows isolation trees no deeper
-        for _ in range(deepest + 2):  # one pass per level
-            deeper = depth.copy()
-            deeper[left[parents]] = depth[parents] + 1
-            deeper[right[parents]] = depth[parents] + 1
-            if np.array_equal(deeper, depth):
-                break
-            depth = deeper
-        if depth.max() > deepest:
-            raise arrays.fail(f"trees deeper than {deepest} levels, more than max_samples={max_samples} allows")
-        self.steps = int(depth.max())
-        self.roots = offsets[:-1]
-        # Leaves point to themselves, so walking `steps` times from the roots lands every sample on its leaf.
-        self.left = np.where(leaf, node, left)
-        self.right = np.where(leaf, node, right)
-        self.feature = np.where(leaf, 0, feature)
-        self.threshold = threshold
-        self.path_length = depth + average_path_length(n_node_samples)
-        self.denominator = len(self.roots) * average_path_length(np.array([max_samples]))[0]
-
-    def score(self, z: np.ndarray) -> np.ndarray:
-        z32 = z.astype(np.float32)
-        rows = np.arange(len(z))[:, np.newaxis]
-        node = np.broadcast_to(self.roots, (len(z), len(self.roots)))
-        for _ in range(self.steps):
-            goes_left = z32[rows, self.feature[node]] <= self.threshold[node]
-            node = np.where(goes_left, self.left[node], self.right[node])
-        total = self.path_length[node].sum(axis=1)
-        ratio = total / self.denominator if self.denominator != 0 else np.ones(len(z))
-        return 2.0 ** -ratio
-
-
-KIND_SCORERS = {"gmm": MixtureScorer, "bgmm": MixtureScorer, "ocsvm": OneClassSvmScorer,
-                "kde": KernelDensityScorer, "iforest": IsolationForestScorer, "knn": NearestWindowScorer}
+# The kinds a bundle can hold. B-GMM, KDE and Isolation Forest are fitted and evaluated on the workstation only:
+# their scorers live in calibration.workstation_scorers, which passes them in as `scorers`.
+KIND_SCORERS: dict[str, type[Scorer]] = {"gmm": MixtureScorer, "ocsvm": OneClassSvmScorer,
+                                         "knn": NearestWindowScorer}
 WINDOW_KINDS = ("knn",)  # read on a window's mean features, not per patch (agent.model.pipeline)
 
 
 class Detector:
     """A loaded detector: standardise (and project) features, then score them with the kind's scorer."""
 
-    def __init__(self, arrays: DetectorArrays):
+    def __init__(self, arrays: DetectorArrays, scorers: Mapping[str, type[Scorer]] = KIND_SCORERS):
         version = arrays.integer("schema_version", 0)
         if version != SCHEMA_VERSION:
             raise arrays.fail(f"detector schema version {version}, this humwatch reads version {SCHEMA_VERSION}")
         self.path = arrays.path
         self.kind = arrays.text("kind")
-        if self.kind not in KIND_SCORERS:
-            raise arrays.fail(f"unknown detector kind {self.kind!r} (known: {', '.join(KIND_SCORERS)})")
+        if self.kind not in scorers:
+            raise arrays.fail(f"unknown detector kind {self.kind!r} (known: {', '.join(scorers)})")
         self.feature_dim = arrays.integer("feature_dim", 1)
         self.extractor_sha256 = arrays.text("extractor_sha256")
         if len(self.extractor_sha256) != 64 or not set(self.extractor_sha256) <= set("0123456789abcdef"):
@@ -260,7 +185,7 @@ class Detector:
         self.scaler_scale = arrays.real("scaler_scale", (self.feature_dim,), positive=True)
         self.projection = None
         model_dim = self.feature_dim
-        scorer_class = KIND_SCORERS[self.kind]
+        scorer_class = scorers[self.kind]
         expected = set(COMMON_ARRAYS) | set(scorer_class.ARRAYS)
         if any(name in arrays.arrays for name in PROJECTION_ARRAYS):
             expected |= set(PROJECTION_ARRAYS)
@@ -309,10 +234,11 @@ class Detector:
         return self.scorer.score(self.transform(features))
 
 
-def load_detector(path, extractor_sha256: str | None = None) -> Detector:
+def load_detector(path, extractor_sha256: str | None = None,
+                  scorers: Mapping[str, type[Scorer]] = KIND_SCORERS) -> Detector:
     """Load and check a detector .npz; refuse (ModelError) one fitted on another extractor than `extractor_sha256`."""
     path = Path(path)
-    detector = Detector(DetectorArrays(path, read_npz(path, "detector")))
+    detector = Detector(DetectorArrays(path, read_npz(path, "detector")), scorers)
     if extractor_sha256 is not None and detector.extractor_sha256 != extractor_sha256:
         raise ModelError(f"{path}: fitted on features of extractor {detector.extractor_sha256[:12]}…, "
                          f"but this feature extractor is {extractor_sha256[:12]}…; calibrate again")
@@ -344,10 +270,3 @@ def log_sum_exp(values: np.ndarray) -> np.ndarray:
     peak[~np.isfinite(peak)] = 0.0
     return np.log(np.exp(values - peak).sum(axis=1)) + peak[:, 0]
 
-
-def average_path_length(n_samples: np.ndarray) -> np.ndarray:
-    """c(n): average path length of an unsuccessful search in a binary search tree of n samples (0 for n <= 1)."""
-    n = np.asarray(n_samples, dtype=np.float64)
-    safe = np.maximum(n, 3.0)
-    general = 2.0 * (np.log(safe - 1.0) + np.euler_gamma) - 2.0 * (safe - 1.0) / safe
-    return np.where(n <= 1, 0.0, np.where(n == 2, 1.0, general))

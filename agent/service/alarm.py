@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -18,9 +19,9 @@ CLIP_LEVEL = 0.999
 
 @dataclass(frozen=True)
 class AlarmEvent:
-    """The alarm state changed: `kind` is "raised" or "cleared"."""
+    """The alarm state changed."""
 
-    kind: str
+    kind: Literal["raised", "cleared"]
     time: float  # stream time in seconds of the decision that changed the state
     window_score: float
     threshold: float  # the threshold that was crossed (high for raised, low for cleared)

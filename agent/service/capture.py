@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from math import gcd
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -155,8 +155,8 @@ class DeviceSource:
         self.dropped_frames = 0  # frames the ring buffer had no room for
         self.overflows = 0  # callbacks that lost audio for either reason
         self._ring = _Ring(int(RING_SECONDS * self.rate), self.channels)
-        self._pa = None
-        self._stream = None
+        self._pa: Any = None  # pyaudio.PyAudio and its Stream, once open (pyaudio has no type hints)
+        self._stream: Any = None
         self._flags = (0, 0, 0)  # PortAudio's input-overflow flag, paContinue, paComplete (set by open)
         self._name = str(device)
 

@@ -7,6 +7,7 @@ test) and leaves the live system's users and systemd alone.
 from __future__ import annotations
 
 import argparse
+import functools
 import grp
 import os
 import pathlib
@@ -48,7 +49,7 @@ class Action:
     """One step: what it does, in one line, and the call that does it."""
 
     text: str
-    apply: Callable[[], None]
+    apply: Callable[[], object]
 
 
 @dataclass(frozen=True)
@@ -167,14 +168,15 @@ def command(*argv: str) -> Action:
     return Action(f"run {shlex.join(argv)}", apply)
 
 
-def make_dir(path: pathlib.Path, mode: int, owner: str | None = None, group: str | None = None) -> Action:
-    who = f" {owner or 'root'}:{group or 'root'}" if owner or group else ""
+def make_dir(path: pathlib.Path, mode: int, owner: str | None = None) -> Action:
+    """A directory owned by `owner` and its group (None: left to root)."""
+    who = f" {owner}:{owner}" if owner else ""
 
     def apply() -> None:
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(mode)
-        if owner or group:
-            shutil.chown(path, owner, group)
+        if owner:
+            shutil.chown(path, owner, owner)
     return Action(f"create directory {path} (mode {mode:04o}{who})", apply)
 
 
@@ -211,7 +213,7 @@ def install_plan(instance: str, target: Target, executable: pathlib.Path, versio
                               write_config))
     owner = USER if live else None
     actions.append(make_dir(target.path(STATE_DIR), 0o755))
-    actions.append(make_dir(target.state(instance), 0o750, owner, owner))
+    actions.append(make_dir(target.state(instance), 0o750, owner))
     if live:
         actions.append(systemctl("daemon-reload"))
     return actions
@@ -252,7 +254,7 @@ def uninstall_plan(instance: str, target: Target, purge: bool) -> list[Action]:
                               lambda: shutil.rmtree(state)))
     if not target.other_instances(instance):
         for directory in (target.path(CONFIG_DIR), target.path(STATE_DIR)):
-            actions.append(Action(f"remove {directory} if empty", lambda d=directory: _remove_if_empty(d)))
+            actions.append(Action(f"remove {directory} if empty", functools.partial(_remove_if_empty, directory)))
         if target.live and _user_exists(USER):
             actions.append(command("userdel", USER))
     return actions
@@ -323,6 +325,6 @@ def run(args: argparse.Namespace) -> int:
     if not target.live:
         print(f"not the live system: no user {USER}, ownership or systemctl steps were run under {target.prefix}")
     elif not args.uninstall:
-        print(f"next: edit {target.config(args.instance)}, calibrate (README: 'Beside a pump'), then run\n"
+        print(f"next: edit {target.config(args.instance)}, calibrate (docs/install.md), then run\n"
               f"  systemctl enable --now humwatch@{args.instance}")
     return 0

@@ -21,6 +21,7 @@ import queue
 import signal
 import threading
 import time
+from typing import Literal
 
 # One BLAS thread, set before numpy loads: the analysis loop is one thread by design, and OpenBLAS's worker threads
 # stall the many small matrix products of the Mel projection and the detectors on a busy board.
@@ -38,6 +39,7 @@ from humwatch.agent.service.alarm import AlarmPolicy, ChunkStats, SensorEvent, S
 from humwatch.agent.service.capture import AudioSource, DeviceSource, open_source
 from humwatch.agent.service.sdnotify import Notifier, watchdog_interval
 from humwatch.agent.signal.frontend import clip_patches
+from humwatch.agent.transport.messages import AlarmMessage, ModelIds, ScoreMessage, State, StateMessage
 from humwatch.agent.transport.outbox import Outbox
 from humwatch.agent.transport.publish import MqttPublisher, describe_detector_scores
 
@@ -76,7 +78,7 @@ class Analysis:
         self._set_pipeline(pipeline)
         self._next_pipeline: Pipeline | None = None
         self._swap = threading.Lock()
-        self.state = "normal"
+        self.state: State = "normal"
         self._gap = False  # silence or a stall interrupted the sound: the next sound starts a fresh window
         self.last_window_score: float | None = None
         self.error: BaseException | None = None
@@ -86,9 +88,11 @@ class Analysis:
         self._last_watchdog = self._last_status = -float("inf")
 
     def _set_pipeline(self, pipeline: Pipeline) -> None:
-        active = getattr(self, "policy", None) is not None and self.policy.active
+        previous: AlarmPolicy | None = getattr(self, "policy", None)
+        active = previous is not None and previous.active
         alarm = self.config.alarm
         self.pipeline = pipeline
+        self._model_ids = ModelIds.of(pipeline.bundle.model_ids)
         self._stream_start = self._samples_in
         self.policy = AlarmPolicy(pipeline.bundle.spec.threshold_high, pipeline.bundle.spec.threshold_low,
                                   alarm.raise_after, alarm.clear_after)
@@ -157,7 +161,7 @@ class Analysis:
             return
         audio_time, window_score = self._stream_start / SAMPLE_RATE + result.time, result.window_score
         self.last_window_score = window_score
-        self._maybe_send_score(audio_time, result)
+        self._maybe_send_score(audio_time, window_score, result.readings)
         if self.health.faults:
             return  # the sound of a broken sensor says nothing about the machine
         event = self.policy.update(audio_time, window_score)
@@ -170,21 +174,23 @@ class Analysis:
         level = logging.WARNING if event.kind == "raised" else logging.INFO  # as a sensor fault and its recovery
         log.log(level, "machine anomaly %s at %.1f s of audio: window score %.4g, threshold %.4g (%s)", event.kind,
                 audio_time, window_score, event.threshold, describe_detector_scores(result.readings))
-        self.publisher.publish_alarm({"kind": "anomaly", "event": event.kind, "window_score": window_score,
-                                      "threshold": event.threshold, "detector_scores": result.readings,
-                                      "model": self.pipeline.bundle.model_ids, "reason": reason,
-                                      "audio_time": round(audio_time, 3)})
+        self.publisher.publish_alarm(AlarmMessage(
+            machine=self.config.machine.name, kind="anomaly", event=event.kind, window_score=window_score,
+            threshold=event.threshold, detector_scores=result.readings, model=self._model_ids, reason=reason,
+            audio_time=round(audio_time, 3)))
 
     def _sensor_event(self, event: SensorEvent) -> None:
-        kind = "raised" if event.kind == "fault" else "cleared"
+        kind: Literal["raised", "cleared"] = "raised" if event.kind == "fault" else "cleared"
         level = logging.WARNING if kind == "raised" else logging.INFO
         log.log(level, "sensor %s %s: %s", event.reason, "fault" if kind == "raised" else "recovered", event.detail)
-        self.publisher.publish_alarm({"kind": "sensor_fault", "event": kind, "window_score": self.last_window_score,
-                                      "threshold": self.policy.threshold_high, "model": self.pipeline.bundle.model_ids,
-                                      "reason": f"{event.reason}: {event.detail}",
-                                      "audio_time": round(self._samples_in / SAMPLE_RATE, 3)})
+        self.publisher.publish_alarm(AlarmMessage(
+            machine=self.config.machine.name, kind="sensor_fault", event=kind, window_score=self.last_window_score,
+            threshold=self.policy.threshold_high, model=self._model_ids, reason=f"{event.reason}: {event.detail}",
+            audio_time=round(self._samples_in / SAMPLE_RATE, 3)))
 
     def _update_state(self) -> None:
+        state: State
+        detail: str | None
         if self.health.faults:
             state, detail = "sensor_fault", ", ".join(sorted(self.health.faults))
         elif self.policy.active:
@@ -193,17 +199,17 @@ class Analysis:
             state, detail = "normal", None
         if state != self.state:
             self.state = state
-            self.publisher.publish_state(state, detail, machine_alarm=self.policy.active)
+            self.publisher.publish_state(StateMessage(state=state, detail=detail, machine_alarm=self.policy.active))
             self._last_status = -float("inf")
 
-    def _maybe_send_score(self, audio_time: float, result: PatchScore) -> None:
+    def _maybe_send_score(self, audio_time: float, window_score: float, readings: dict[str, float]) -> None:
         interval = self.config.alarm.score_interval
         if interval <= 0 or (self._last_score_sent is not None and audio_time - self._last_score_sent < interval):
             return
         self._last_score_sent = audio_time
-        self.publisher.publish_score({"window_score": result.window_score, "threshold": self.policy.threshold_high,
-                                      "detector_scores": result.readings, "state": self.state,
-                                      "audio_time": round(audio_time, 3)})
+        self.publisher.publish_score(ScoreMessage(
+            window_score=window_score, threshold=self.policy.threshold_high, detector_scores=readings,
+            state=self.state, audio_time=round(audio_time, 3)))
 
     def _heartbeat(self, now: float) -> None:
         if now - self._last_watchdog >= self._watchdog_every:
@@ -264,7 +270,7 @@ class Agent:
         if isinstance(self.source, DeviceSource):
             self.source.open()  # a missing or refusing microphone fails here, before any thread runs
         self.publisher.start()
-        self.publisher.publish_state("normal")
+        self.publisher.publish_state(StateMessage(state="normal", machine_alarm=False))
         threads = [threading.Thread(target=self.analysis.run, name="analysis", daemon=True),
                    threading.Thread(target=capture, args=(self.source, self.chunks, self.stop, self.capture_errors),
                                     name="capture", daemon=True)]

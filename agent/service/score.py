@@ -34,7 +34,7 @@ def score_file(pipeline: Pipeline, path: pathlib.Path, channel: int | str = 0) -
     scores = np.array([r.window_score for r in results])
     loudest = ({name: round(value, 6) for name, value in results[int(scores.argmax())].readings.items()}
                if results else None)
-    above = [r.time for r in results if r.window_score > bundle.spec.threshold_high]
+    above = [r.time for r, score in zip(results, scores) if score > bundle.spec.threshold_high]
     if not results:
         verdict = "too_short"
     else:

@@ -17,7 +17,7 @@ class Notifier:
 
     def __init__(self, address: str | None = None):
         address = os.environ.get("NOTIFY_SOCKET") if address is None else address
-        self._address: str | bytes | None = None
+        self._address: str | None = None
         self._socket: socket.socket | None = None
         self._warned = False
         if not address:
@@ -37,7 +37,7 @@ class Notifier:
 
     def notify(self, *lines: str) -> bool:
         """Send `KEY=value` lines in one datagram; True when it was sent."""
-        if self._socket is None:
+        if self._socket is None or self._address is None:
             return False
         try:
             self._socket.sendto("\n".join(lines).encode("utf-8"), self._address)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+import numpy.typing as npt
 import scipy.fft
 
 from humwatch.agent.contract import DB_AMIN, FMAX_HZ, FMIN_HZ, HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
@@ -15,13 +16,13 @@ _MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
 _LOG_STEP = np.log(6.4) / 27.0
 
 
-def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def hz_to_mel(hz: npt.ArrayLike) -> np.ndarray:
     hz = np.asarray(hz, dtype=np.float64)
     linear = hz / _F_SP
     return np.where(hz >= _MIN_LOG_HZ, _MIN_LOG_MEL + np.log(np.maximum(hz, 1e-12) / _MIN_LOG_HZ) / _LOG_STEP, linear)
 
 
-def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+def mel_to_hz(mel: npt.ArrayLike) -> np.ndarray:
     mel = np.asarray(mel, dtype=np.float64)
     return np.where(mel >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOG_STEP * (mel - _MIN_LOG_MEL)), _F_SP * mel)
 

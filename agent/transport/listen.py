@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import re
 import sys
 import uuid
@@ -17,15 +18,18 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from humwatch.agent.errors import ConfigError, HumwatchError
-from humwatch.agent.transport.publish import MqttSettings, Topics, describe_detector_scores, make_client, utc_now
+from humwatch.agent.config import MqttConfig, TlsConfig
+from humwatch.agent.errors import ConfigError, HumwatchError, MessageError
+from humwatch.agent.transport.messages import AlarmMessage, StateMessage, utc_now
+from humwatch.agent.transport.publish import Topics, describe_detector_scores, make_client
+from humwatch.agent.typed import Problem, check
 
 # While `listen` reconnects, the broker keeps its session (and the alarms that arrive) this long: an MQTT 5 session
 # expiry. On its way out, listen sets it to 0, so a finished listener leaves nothing on the broker.
 SESSION_EXPIRY_S = 300
 # How settings errors name the fields here: the command-line flags.
 OPTION_NAMES = {"host": "--host", "port": "--port", "prefix": "--prefix", "username": "--username",
-                "password": "--password", "ca_file": "--ca-file"}
+                "password": "--password", "tls.ca_file": "--ca-file"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.machine != "+" and (not args.machine or re.search(r"[/+#]", args.machine)):
         raise ConfigError(f"--machine: must be a machine name or +, not {args.machine!r}")
-    settings = MqttSettings(host=args.host, port=args.port, prefix=args.prefix, username=args.username,
-                            password=args.password, ca_file=args.ca_file, discovery=False, names=OPTION_NAMES)
+    settings = settings_from(args)
     topics = Topics(settings.prefix, args.machine)
     client = make_client(settings, f"humwatch-listen-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv5)
     where = f"{settings.host}:{settings.resolved_port}"
@@ -95,36 +98,49 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def render(topic: str, payload: bytes, retained: bool, as_json: bool) -> str:
-    """One line for one message on a <prefix>/<machine>/<status|state|alarm> topic."""
+def settings_from(args: argparse.Namespace) -> MqttConfig:
+    """The broker settings the options give, checked as the agent checks its `[mqtt]` table; problems are named by
+    the options."""
+    tls = TlsConfig(ca_file=pathlib.Path(args.ca_file)) if args.ca_file else None
+    settings = MqttConfig(host=args.host, port=args.port, prefix=args.prefix, username=args.username,
+                          password=args.password, tls=tls, discovery=False)
+    problems = check(settings)
+    if problems:
+        raise ConfigError([Problem(OPTION_NAMES.get(p.field, p.field), p.message) for p in problems])
+    return settings
+
+
+def render(topic: str, payload: bytes | bytearray, retained: bool, as_json: bool) -> str:
+    """One line for one message on a <prefix>/<machine>/<status|state|alarm> topic; a message that is not what its
+    topic promises is shown as it came, with what is wrong."""
     parts = topic.split("/")
     machine, what = parts[-2], parts[-1]
     text = payload.decode(errors="replace")
-    try:
-        body: Any = json.loads(text)
-    except ValueError:
-        body = text
     if as_json:
+        try:
+            body: Any = json.loads(text)
+        except ValueError:
+            body = text
         return json.dumps({"topic": topic, "machine": machine, "type": what, "retained": retained, "payload": body})
-    if not isinstance(body, dict):
-        line = f"{utc_now()} {machine} {what} {text}"
-    elif what == "alarm":
-        line = " ".join([str(body.get("time", "?")), machine, "ALARM", *_alarm_words(body)])
-    else:
-        line = f"{body.get('time', '?')} {machine} {what} {body.get('state', text)}"
-        line += f" ({body['detail']})" if body.get("detail") else ""
+    try:
+        if what == "alarm":
+            alarm = AlarmMessage.from_json(payload)
+            line = " ".join([alarm.time, machine, "ALARM", *_alarm_words(alarm)])
+        elif what == "state":
+            state = StateMessage.from_json(payload)
+            line = f"{state.time} {machine} state {state.state}" + (f" ({state.detail})" if state.detail else "")
+        else:
+            line = f"{utc_now()} {machine} {what} {text}"
+    except MessageError as exc:
+        line = f"{utc_now()} {machine} {what} {text} (not a valid message: {'; '.join(map(str, exc.problems)) or exc})"
     return line + (" [retained]" if retained else "")
 
 
-def _alarm_words(event: dict) -> list[str]:
-    words = [str(event.get("kind", "?")), str(event.get("event", ""))]
-    if isinstance(event.get("window_score"), (int, float)):
-        words.append(f"score {event['window_score']:.4g}")
-    if isinstance(event.get("threshold"), (int, float)):
-        words.append(f"threshold {event['threshold']:.4g}")
-    if isinstance(event.get("detector_scores"), dict) and event["detector_scores"]:
-        words.append(f"({describe_detector_scores(event['detector_scores'])})")
-    if event.get("reason"):
-        words.append(f"- {event['reason']}")
-    words.append(f"(id {event.get('id', '?')})")
-    return [w for w in words if w]
+def _alarm_words(alarm: AlarmMessage) -> list[str]:
+    words: list[str] = [alarm.kind, alarm.event]
+    if alarm.window_score is not None:
+        words.append(f"score {alarm.window_score:.4g}")
+    words.append(f"threshold {alarm.threshold:.4g}")
+    if alarm.detector_scores:
+        words.append(f"({describe_detector_scores(alarm.detector_scores)})")
+    return [*words, f"- {alarm.reason}", f"(id {alarm.id})"]

@@ -7,26 +7,22 @@ it still holds, and the outbox's later alarms follow once those are acknowledged
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import pathlib
 import queue
 import re
 import socket
-import ssl
 import sys
 import threading
-import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from humwatch.agent.config import MqttConfig
 from humwatch.agent.errors import ConfigError
+from humwatch.agent.transport.messages import AlarmMessage, ScoreMessage, StateMessage, to_json
 from humwatch.agent.transport.outbox import Outbox, OutboxEntry
 
 log = logging.getLogger(__name__)
@@ -42,163 +38,7 @@ class _QuietRetries(logging.Filter):
 paho_log = logging.getLogger(f"{__name__}.paho")
 paho_log.addFilter(_QuietRetries())
 
-STATES = ("normal", "anomaly", "sensor_fault")
 ONLINE, OFFLINE = "online", "offline"
-
-# How errors name each field: the TOML key by default (humwatch listen passes its command-line flags instead).
-TOML_NAMES = {
-    "host": "mqtt.host", "port": "mqtt.port", "prefix": "mqtt.prefix", "username": "mqtt.username",
-    "password": "mqtt.password", "tls": "mqtt.tls", "ca_file": "mqtt.tls.ca_file", "certfile": "mqtt.tls.certfile",
-    "keyfile": "mqtt.tls.keyfile", "tls_insecure": "mqtt.tls.insecure", "keepalive": "mqtt.keepalive",
-    "client_id": "mqtt.client_id", "alarm_qos": "mqtt.alarm_qos", "discovery": "mqtt.discovery",
-    "discovery_prefix": "mqtt.discovery_prefix", "reconnect_min_s": "mqtt.reconnect_min_s",
-    "reconnect_max_s": "mqtt.reconnect_max_s",
-}
-_TLS_KEYS = {"ca_file": "ca_file", "certfile": "certfile", "keyfile": "keyfile", "insecure": "tls_insecure"}
-
-
-@dataclass(frozen=True)
-class MqttSettings:
-    """Where and how to reach the broker; validated on construction (a ConfigError names every field at fault, one
-    line each)."""
-
-    host: str = "localhost"
-    port: int | None = None  # None: 8883 with TLS, 1883 without
-    prefix: str = "humwatch"
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: bool = False  # switched on by ca_file or certfile; without ca_file the system CAs are trusted
-    ca_file: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
-    tls_insecure: bool = False  # skip the server host name check (certificate chain still verified)
-    keepalive: int = 60
-    client_id: str | None = None  # None: humwatch-<machine>-<hostname>
-    alarm_qos: int = 1
-    discovery: bool = True
-    discovery_prefix: str = "homeassistant"
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
-    names: Mapping[str, str] = field(default_factory=lambda: TOML_NAMES, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.ca_file or self.certfile:
-            object.__setattr__(self, "tls", True)
-        problems = self._problems()
-        if problems:
-            raise ConfigError("\n".join(f"{self._label(name)}: {reason}" for name, reason in problems.items()))
-        self.ssl_context()  # reads the certificate files once, so a bad one is reported now
-
-    def _problems(self) -> dict[str, str]:
-        """Every field at fault, by field name, with what is wrong."""
-        checks = {
-            "host": (bool(self.host.strip()), "must not be empty"),
-            "port": (self.port is None or 1 <= self.port <= 65535, f"must be 1..65535, not {self.port}"),
-            "prefix": (_valid_prefix(self.prefix),
-                       f"must be a topic without wildcards or leading/trailing '/', not {self.prefix!r}"),
-            "discovery_prefix": (_valid_prefix(self.discovery_prefix),
-                                 f"must be a topic without wildcards, not {self.discovery_prefix!r}"),
-            "username": (self.password is None or self.username is not None, "is needed with a password"),
-            "certfile": (self.keyfile is None or self.certfile is not None, "is needed with a keyfile"),
-            "keepalive": (self.keepalive >= 5, f"must be at least 5 s, not {self.keepalive}"),
-            "alarm_qos": (self.alarm_qos in (1, 2), f"must be 1 or 2, not {self.alarm_qos}"),
-            "reconnect_min_s": (0 < self.reconnect_min_s <= self.reconnect_max_s,
-                                f"must be > 0 and <= reconnect_max_s ({self.reconnect_max_s}), "
-                                f"not {self.reconnect_min_s}"),
-        }
-        problems = {name: reason for name, (ok, reason) in checks.items() if not ok}
-        for name in ("ca_file", "certfile", "keyfile"):
-            path = getattr(self, name)
-            if path is not None and not os.path.isfile(path):
-                problems.setdefault(name, f"no such file {path}")
-        return problems
-
-    def _label(self, name: str) -> str:
-        return self.names.get(name, name)
-
-    @property
-    def resolved_port(self) -> int:
-        return self.port if self.port is not None else (8883 if self.tls else 1883)
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """The TLS context for the connection, or None for plain TCP."""
-        if not self.tls:
-            return None
-        try:
-            context = ssl.create_default_context(cafile=self.ca_file)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"{self._label('ca_file')}: not a PEM CA certificate file {self.ca_file} ({exc})") \
-                from None
-        if self.certfile:
-            try:
-                context.load_cert_chain(self.certfile, self.keyfile)
-            except (ssl.SSLError, OSError) as exc:
-                raise ConfigError(f"{self._label('certfile')}: cannot load the client certificate {self.certfile}"
-                                  f"{' with key ' + self.keyfile if self.keyfile else ''} ({exc})") from None
-        context.check_hostname = not self.tls_insecure
-        return context
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any], base_dir: str | os.PathLike | None = None) -> MqttSettings:
-        """Settings from the `[mqtt]` TOML table; TLS is on when a `[mqtt.tls]` table is present.
-
-        Relative certificate paths are taken relative to `base_dir` (the config file's folder)."""
-        flat: dict[str, Any] = {}
-        problems: dict[str, str] = {}  # TOML name -> what is wrong: every one is reported, not the first
-        for key, value in table.items():
-            if key == "tls":
-                if not isinstance(value, Mapping):
-                    problems["mqtt.tls"] = "must be a table ([mqtt.tls])"
-                    continue
-                flat["tls"] = True
-                for tls_key, tls_value in value.items():
-                    if tls_key in _TLS_KEYS:
-                        flat[_TLS_KEYS[tls_key]] = tls_value
-                    else:
-                        problems[f"mqtt.tls.{tls_key}"] = f"unknown key (known: {', '.join(_TLS_KEYS)})"
-            elif key in TOML_NAMES and key not in _TLS_KEYS.values():
-                flat[key] = value
-            else:
-                known = sorted(k for k in TOML_NAMES if k not in _TLS_KEYS.values())
-                problems[f"mqtt.{key}"] = f"unknown key (known: {', '.join(known)})"
-        hints = {f.name: f.type for f in fields(cls)}
-        for name, value in list(flat.items()):
-            wrong = _type_problem(hints[name], value)
-            if wrong:
-                problems[TOML_NAMES[name]] = wrong
-                del flat[name]
-            elif name in ("ca_file", "certfile", "keyfile") and base_dir is not None:
-                flat[name] = str(pathlib.Path(base_dir, value))
-        try:
-            settings = cls(**flat)
-        except ConfigError as exc:  # the values' own checks, when their types were right
-            if not problems:
-                raise
-            for line in str(exc).splitlines():
-                name, _, reason = line.partition(": ")
-                problems.setdefault(name, reason)
-        if problems:
-            raise ConfigError("\n".join(f"{name}: {reason}" for name, reason in problems.items()))
-        return settings
-
-
-def _type_problem(hint: str, value: Any) -> str | None:
-    """What is wrong with a TOML value of the wrong type, or None (bool is not taken for a number)."""
-    if "bool" in hint:
-        ok, wanted = isinstance(value, bool), "true or false"
-    elif "int" in hint:
-        ok, wanted = isinstance(value, int) and not isinstance(value, bool), "an integer"
-    elif "float" in hint:
-        ok, wanted = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-    else:
-        ok, wanted = isinstance(value, str), "a string"
-    return None if ok else f"must be {wanted}, not {value!r}"
-
-
-def _valid_prefix(prefix: str) -> bool:
-    return bool(prefix) and not re.search(r"[+#\x00]", prefix) and not prefix.startswith("/") \
-        and not prefix.endswith("/")
-
 
 @dataclass(frozen=True)
 class Topics:
@@ -207,27 +47,28 @@ class Topics:
     prefix: str
     machine: str
 
-    def _topic(self, leaf: str) -> str:
-        return f"{self.prefix}/{self.machine}/{leaf}"
+    def leaf(self, name: str) -> str:
+        """The topic <prefix>/<machine>/<name>."""
+        return f"{self.prefix}/{self.machine}/{name}"
 
     @property
     def status(self) -> str:
-        return self._topic("status")
+        return self.leaf("status")
 
     @property
     def state(self) -> str:
-        return self._topic("state")
+        return self.leaf("state")
 
     @property
     def alarm(self) -> str:
-        return self._topic("alarm")
+        return self.leaf("alarm")
 
     @property
     def score(self) -> str:
-        return self._topic("score")
+        return self.leaf("score")
 
 
-def make_client(settings: MqttSettings, client_id: str, clean_session: bool = True,
+def make_client(settings: MqttConfig, client_id: str, clean_session: bool = True,
                 protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv311) -> mqtt.Client:
     """A paho client (VERSION2 callbacks, MQTT 3.1.1 unless asked for 5) with the settings' credentials and TLS.
     MQTT 5 has no clean_session: its session is set at connect (clean_start, session expiry)."""
@@ -241,24 +82,9 @@ def make_client(settings: MqttSettings, client_id: str, clean_session: bool = Tr
     return client
 
 
-def utc_now() -> str:
-    """The current time as ISO 8601 UTC with milliseconds, e.g. 2026-11-25T12:33:44.123Z."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def to_json(payload: Mapping[str, Any]) -> bytes:
-    """Compact JSON; numpy scalars and arrays become plain numbers and lists."""
-    def plain(value: Any) -> Any:
-        if hasattr(value, "tolist"):
-            return value.tolist()
-        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-    return json.dumps(payload, default=plain, separators=(",", ":"), allow_nan=False).encode()
-
-
-def describe_detector_scores(scores: Mapping[str, Any]) -> str:
+def describe_detector_scores(scores: Mapping[str, float]) -> str:
     """A message's per-detector window readings as one short phrase for a person ("cnn-gmm80 0.41, ...")."""
-    return ", ".join(f"{name} {value:.3g}" if isinstance(value, (int, float)) else f"{name} ?"
-                     for name, value in scores.items())
+    return ", ".join(f"{name} {value:.3g}" for name, value in scores.items())
 
 
 def node_id(machine: str) -> str:
@@ -266,7 +92,7 @@ def node_id(machine: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", machine)
 
 
-def discovery_messages(settings: MqttSettings, topics: Topics,
+def discovery_messages(settings: MqttConfig, topics: Topics,
                        device_info: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Home Assistant discovery configs by config topic: anomaly and sensor-fault problems, window score."""
     node = f"humwatch_{node_id(topics.machine)}"
@@ -302,7 +128,7 @@ class MqttPublisher:
 
     Nothing here blocks the caller on the network: `publish_alarm` returns once the alarm is on disk."""
 
-    def __init__(self, settings: MqttSettings, outbox: Outbox, machine: str,
+    def __init__(self, settings: MqttConfig, outbox: Outbox, machine: str,
                  device_info: Mapping[str, Any] | None = None) -> None:
         if not machine or re.search(r"[/+#\x00]", machine):
             raise ConfigError(f"machine: must be a name without '/', '+' or '#', not {machine!r}")
@@ -315,7 +141,8 @@ class MqttPublisher:
         self._client.enable_logger(paho_log)
         self._client.suppress_exceptions = True  # a failing callback is logged; the network thread lives on
         self._client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
-        self._client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
+        # paho declares whole seconds but computes with any number; the tests reconnect within 0.2 s
+        self._client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)  # type: ignore[arg-type]
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
@@ -356,46 +183,34 @@ class MqttPublisher:
         self._started = True
         self._sender.start()
         log.info("MQTT: connecting to %s as %s (tls %s, user %s), %d alarm(s) pending", self._where,
-                 self.client_id, "on" if self.settings.tls else "off",
+                 self.client_id, "on" if self.settings.tls is not None else "off",
                  self.settings.username or "none", self.pending_alarms())
         self._client.connect_async(self.settings.host, self.settings.resolved_port, self.settings.keepalive)
         self._client.loop_start()
 
-    def publish_alarm(self, event: Mapping[str, Any]) -> str:
-        """Persist an alarm event, then send it (QoS 1) on <prefix>/<machine>/alarm; returns its id.
-
-        The event gets an `id` (uuid4), `time` (ISO 8601 UTC) and `machine` if it lacks them."""
-        event = dict(event)
-        event.setdefault("id", uuid.uuid4().hex)
-        event.setdefault("time", utc_now())
-        event.setdefault("machine", self.topics.machine)
-        if not isinstance(event["id"], str) or not event["id"]:
-            raise ValueError(f"an alarm id must be a non-empty string, not {event['id']!r}")
-        self._outbox.add(event["id"], self.topics.alarm, to_json(event))
+    def publish_alarm(self, alarm: AlarmMessage) -> str:
+        """Persist an alarm, then send it (QoS 1) on <prefix>/<machine>/alarm; returns its id."""
+        if alarm.machine != self.topics.machine:
+            raise ValueError(f"an alarm of machine {alarm.machine!r} on the topics of {self.topics.machine!r}")
+        self._outbox.add(alarm.id, self.topics.alarm, alarm.to_json())
         self._events.put(("wake", 0))
-        log.info("alarm %s (%s) queued for %s, %d pending", event["id"], event.get("kind", "?"),
-                 self.topics.alarm, self.pending_alarms())
-        return event["id"]
+        log.info("alarm %s (%s) queued for %s, %d pending", alarm.id, alarm.kind, self.topics.alarm,
+                 self.pending_alarms())
+        return alarm.id
 
-    def publish_state(self, state: str, detail: str | None = None, machine_alarm: bool | None = None) -> None:
-        """Retain the machine's state (normal/anomaly/sensor_fault); the latest is re-sent on every connect.
-        `machine_alarm`: whether the machine alarm is raised, which a sensor fault hides from `state` but does not
-        clear (by default, state == "anomaly")."""
-        if state not in STATES:
-            raise ValueError(f"state must be one of {STATES}, not {state!r}")
-        alarm = state == "anomaly" if machine_alarm is None else machine_alarm
-        payload = to_json({"state": state, "detail": detail, "machine_alarm": alarm, "time": utc_now()})
+    def publish_state(self, state: StateMessage) -> None:
+        """Retain the machine's state; the latest is re-sent on every connect."""
+        payload = state.to_json()
         with self._state_lock:
             self._state_payload = payload
         if self.connected:
-            self._client.publish(self.topics.state, payload, qos=1, retain=True)
+            self._client.publish(self.topics.state, payload, qos=StateMessage.QOS, retain=StateMessage.RETAINED)
 
-    def publish_score(self, payload: Mapping[str, Any]) -> None:
-        """Send score telemetry (must carry `window_score`) at QoS 0; skipped while offline."""
-        if "window_score" not in payload:
-            raise ValueError("a score payload needs a 'window_score' field")
+    def publish_score(self, score: ScoreMessage) -> None:
+        """Send score telemetry at QoS 0; skipped while offline."""
         if self.connected:
-            self._client.publish(self.topics.score, to_json({"time": utc_now(), **payload}), qos=0)
+            self._client.publish(self.topics.score, score.to_json(), qos=ScoreMessage.QOS,
+                                 retain=ScoreMessage.RETAINED)
 
     def stop(self, timeout: float = 3.0) -> None:
         """Give in-flight alarms `timeout` seconds for their PUBACK, publish `offline` and disconnect cleanly."""
@@ -432,7 +247,7 @@ class MqttPublisher:
         with self._state_lock:
             state = self._state_payload
         if state is not None:
-            client.publish(self.topics.state, state, qos=1, retain=True)
+            client.publish(self.topics.state, state, qos=StateMessage.QOS, retain=StateMessage.RETAINED)
         self._events.put(("connected", 0))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:

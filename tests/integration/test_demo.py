@@ -2,10 +2,10 @@
 
 """`humwatch demo` end to end: the smoke test of the whole product (synth → calibrate → agent → MQTT → subscriber)."""
 
-import json
 import re
 import shutil
 
+from humwatch.agent.transport.messages import AlarmMessage
 from humwatch.cli import main
 
 
@@ -13,10 +13,9 @@ def test_demo_runs_to_the_alarm(squeezenet_int8, tmp_path, capsys):
     code = main(["demo", "--model", str(squeezenet_int8), "--workdir", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0, out
-    alarm_lines = [line for line in out.splitlines() if line.strip().startswith('{"kind"')]
-    alarm = json.loads(alarm_lines[0])
-    assert alarm["kind"] == "anomaly" and alarm["event"] == "raised" and alarm["machine"] == "demo-pump"
-    assert alarm["window_score"] > alarm["threshold"] and len(alarm["id"]) >= 16
+    alarm = next(AlarmMessage.from_json(line) for line in out.splitlines() if line.strip().startswith("{"))
+    assert (alarm.kind, alarm.event, alarm.machine) == ("anomaly", "raised", "demo-pump")
+    assert alarm.window_score > alarm.threshold and len(alarm.id) >= 16
     delay = float(re.search(r"alarm after (-?[\d.]+) s of faulty sound", out).group(1))
     assert 0 < delay <= 60
     assert (tmp_path / "bundle" / "bundle.json").exists() and any((tmp_path / "report").iterdir())

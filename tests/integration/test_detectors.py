@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from humwatch.agent.contract import WINDOW_PATCHES
-from humwatch.agent.model.scorers import load_detector
+from humwatch.calibration.workstation_scorers import load_workstation_detector as load_detector
 from humwatch.agent.signal.audio import read_wav
 from humwatch.agent.signal.frontend import clip_patches
 from humwatch.calibration.detectors import fit_detector

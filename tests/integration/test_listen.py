@@ -6,12 +6,14 @@ import json
 import pathlib
 import subprocess
 import sys
-import time
 
 import pytest
 
+from humwatch.agent.config import MqttConfig
+from humwatch.agent.transport.messages import StateMessage
 from humwatch.agent.transport.outbox import Outbox
-from humwatch.agent.transport.publish import MqttPublisher, MqttSettings
+from humwatch.agent.transport.publish import MqttPublisher
+from tests.plugins.messages import an_alarm
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -33,7 +35,7 @@ def publisher(mosquitto, tmp_path):
     made = []
 
     def make(machine: str) -> MqttPublisher:
-        settings = MqttSettings(host=mosquitto.host, port=mosquitto.port, discovery=False, reconnect_min_s=0.2)
+        settings = MqttConfig(host=mosquitto.host, port=mosquitto.port, discovery=False, reconnect_min_s=0.2)
         made.append(MqttPublisher(settings, Outbox(tmp_path / f"{machine}.sqlite"), machine))
         made[-1].start()
         return made[-1]
@@ -46,13 +48,12 @@ def publisher(mosquitto, tmp_path):
 def test_listen_prints_state_and_alarms_of_one_machine(mosquitto, publisher, subscribe):
     retained = subscribe(["humwatch/+/state"])
     pump = publisher("pump-1")
-    pump.publish_state("normal")
+    pump.publish_state(StateMessage(state="normal", machine_alarm=False))
     retained.wait_on("humwatch/pump-1/state")  # status and state are on the broker
     process = listen(mosquitto, "--machine", "pump-1", "--count", "4")  # 2 retained, then 2 live
-    pump.publish_alarm({"id": "a1", "kind": "anomaly", "event": "raised", "window_score": 3.14159,
-                        "threshold": 2.5, "detector_scores": {"cnn-gmm80": 0.5123, "logmel-dynamics-gmm-2s": 5.77},
-                        "reason": "window score above threshold"})
-    pump.publish_state("anomaly", "score 3.14 above 2.5")
+    pump.publish_alarm(an_alarm(id="a1", window_score=3.14159, threshold=2.5, reason="window score above threshold",
+                                detector_scores={"cnn-gmm80": 0.5123, "logmel-dynamics-gmm-2s": 5.77}))
+    pump.publish_state(StateMessage(state="anomaly", detail="score 3.14 above 2.5", machine_alarm=True))
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     lines = out.splitlines()
@@ -69,18 +70,19 @@ def test_an_alarm_sent_while_listen_reconnects_is_still_printed(mosquitto, link,
     pump = publisher("pump-1")
     process = listen(link, "--machine", "pump-1", "--count", "2")  # the retained status, then the alarm
     link.cut()  # listen's connection drops; it reconnects within a second or two
-    time.sleep(0.3)  # the broker has seen it go
-    pump.publish_alarm({"id": "a2", "kind": "anomaly", "event": "raised", "window_score": 4.0, "threshold": 2.5})
+    mosquitto.wait_log(r"Client humwatch-listen-[0-9a-f]+ closed its connection")  # the broker has seen it go
+    pump.publish_alarm(an_alarm(id="a2", window_score=4.0, threshold=2.5, reason="above"))
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
-    assert "reconnecting" in err and out.splitlines()[-1].endswith("ALARM anomaly raised score 4 threshold 2.5 (id a2)")
+    assert "reconnecting" in err and out.splitlines()[-1].endswith(
+        "ALARM anomaly raised score 4 threshold 2.5 - above (id a2)")
 
 
 def test_listen_json_lines_cover_every_machine(mosquitto, publisher, subscribe):
     retained = subscribe(["humwatch/+/state"])
     first, second = publisher("pump-1"), publisher("fan-2")
-    first.publish_state("normal")
-    second.publish_state("sensor_fault", "silence")
+    first.publish_state(StateMessage(state="normal", machine_alarm=False))
+    second.publish_state(StateMessage(state="sensor_fault", detail="silence", machine_alarm=False))
     retained.wait_for(lambda msgs: len(msgs) == 2)  # both statuses and states are on the broker
     process = listen(mosquitto, "--json", "--count", "4")  # two retained statuses and two retained states
     out, err = process.communicate(timeout=30)

@@ -22,3 +22,12 @@ def test_imports_obey_the_layer_contract(installed_package):
                            str(ROOT / "pyproject.toml")], cwd=installed_package, capture_output=True, text=True,
                           env={"PYTHONPATH": str(installed_package), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_board_code_type_checks(installed_package):
+    """mypy on humwatch.agent as installed, with pyproject's [tool.mypy] settings (its overrides name the modules
+    still left out)."""
+    done = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
+                           "--python-executable", sys.executable, "--cache-dir", "/dev/null"],
+                          cwd=installed_package, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -18,8 +18,11 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from humwatch.agent.transport.outbox import Outbox
-from humwatch.agent.transport.publish import MqttPublisher, MqttSettings
+from humwatch.agent.config import MqttConfig, TlsConfig
+from humwatch.agent.transport.messages import ScoreMessage, StateMessage
+from humwatch.agent.transport.publish import MqttPublisher
 from tests.plugins.broker import Mosquitto, make_tls_files
+from tests.plugins.messages import MODEL, an_alarm
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -33,23 +36,25 @@ ALARM, STATUS, STATE, SCORE = (f"humwatch/{MACHINE}/{leaf}" for leaf in ("alarm"
 # A publisher in its own process, so that it can be SIGKILLed: it queues `count` alarms and says "ready".
 PUBLISHER_SCRIPT = """
 import sys, threading
-from agent.transport.outbox import Outbox
-from agent.transport.publish import MqttPublisher, MqttSettings
+from humwatch.agent.config import MqttConfig
+from humwatch.agent.transport.outbox import Outbox
+from humwatch.agent.transport.publish import MqttPublisher
+from tests.plugins.messages import an_alarm
 outbox, port, count, wait_connected = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-publisher = MqttPublisher(MqttSettings(host="127.0.0.1", port=port, discovery=False, reconnect_min_s=0.2,
-                                       reconnect_max_s=1), Outbox(outbox), "pump-1")
+publisher = MqttPublisher(MqttConfig(host="127.0.0.1", port=port, discovery=False, reconnect_min_s=0.2,
+                                     reconnect_max_s=1), Outbox(outbox), "pump-1")
 publisher.start()
 if wait_connected and not publisher.wait_connected(20):
     sys.exit("the publisher did not connect")
 for i in range(count):
-    publisher.publish_alarm({"id": f"alarm-{i}", "kind": "anomaly", "event": "raised"})
+    publisher.publish_alarm(an_alarm(id=f"alarm-{i}"))
 print("ready", flush=True)
 threading.Event().wait()
 """
 
 
-def settings_for(broker: Mosquitto, **overrides) -> MqttSettings:
-    return MqttSettings(host=broker.host, port=broker.port, reconnect_min_s=0.2, reconnect_max_s=1.0, **overrides)
+def settings_for(broker: Mosquitto, **overrides) -> MqttConfig:
+    return MqttConfig(host=broker.host, port=broker.port, reconnect_min_s=0.2, reconnect_max_s=1.0, **overrides)
 
 
 def wait_until(condition, timeout: float = 15.0, what: str = "condition") -> None:
@@ -65,7 +70,7 @@ def publishers(tmp_path):
     """publishers(settings, outbox=None, **kw) -> started MqttPublisher; all stopped after the test."""
     made = []
 
-    def make(settings: MqttSettings, outbox: Outbox | None = None, **kwargs) -> MqttPublisher:
+    def make(settings: MqttConfig, outbox: Outbox | None = None, **kwargs) -> MqttPublisher:
         if outbox is None:
             outbox = Outbox(tmp_path / f"outbox{len(made)}.sqlite")
         publisher = MqttPublisher(settings, outbox, MACHINE, **kwargs)
@@ -98,9 +103,8 @@ def broker_received(broker: Mosquitto, client_id: str, topic: str) -> list[str]:
 def test_an_alarm_arrives_with_its_fields_and_leaves_the_outbox(mosquitto, subscribe, publishers):
     subscriber = subscribe([ALARM])
     publisher = publishers(settings_for(mosquitto))
-    event = {"kind": "anomaly", "event": "raised", "window_score": np.float64(3.25), "threshold": np.float32(2.5),
-             "model": {"extractor": "3f2a9c1e0b7d", "detector": "gmm", "bundle": "20261125-1200"},
-             "reason": "window score above threshold for 3 decisions"}
+    event = an_alarm(window_score=np.float64(3.25), threshold=np.float32(2.5),
+                     detector_scores={"gmm": np.float64(3.25)}, reason="window score above threshold for 3 decisions")
     alarm_id = publisher.publish_alarm(event)
     [message] = subscriber.wait_on(ALARM)
     body = message.json()
@@ -109,9 +113,9 @@ def test_an_alarm_arrives_with_its_fields_and_leaves_the_outbox(mosquitto, subsc
     assert body["machine"] == MACHINE
     sent_at = datetime.fromisoformat(body["time"].replace("Z", "+00:00"))
     assert sent_at.tzinfo is not None and abs((datetime.now(timezone.utc) - sent_at).total_seconds()) < 60
-    assert body["window_score"] == 3.25 and body["threshold"] == 2.5
-    assert {k: body[k] for k in ("kind", "event", "model", "reason")} == \
-        {k: event[k] for k in ("kind", "event", "model", "reason")}
+    assert body["window_score"] == 3.25 and body["threshold"] == 2.5 and body["detector_scores"] == {"gmm": 3.25}
+    assert (body["kind"], body["event"], body["reason"]) == ("anomaly", "raised", event.reason)
+    assert body["model"] == {"bundle": MODEL.bundle, "extractor": MODEL.extractor, "detectors": ["gmm"]}
     wait_until(lambda: publisher.pending_alarms() == 0, what="the PUBACK removing the alarm")
 
 
@@ -119,9 +123,9 @@ def test_an_alarm_id_given_twice_is_stored_and_sent_once(mosquitto, subscribe, p
     subscriber = subscribe([ALARM])
     outbox = Outbox(tmp_path / "outbox.sqlite")
     publisher = publishers(settings_for(mosquitto), outbox)
-    assert publisher.publish_alarm({"id": "fixed", "kind": "sensor_fault"}) == "fixed"
-    publisher.publish_alarm({"id": "fixed", "kind": "sensor_fault"})
-    publisher.publish_alarm({"id": "after", "kind": "sensor_fault"})
+    assert publisher.publish_alarm(an_alarm(id="fixed", kind="sensor_fault")) == "fixed"
+    publisher.publish_alarm(an_alarm(id="fixed", kind="sensor_fault"))
+    publisher.publish_alarm(an_alarm(id="after", kind="sensor_fault"))
     subscriber.wait_on(ALARM, 2)
     wait_until(lambda: publisher.pending_alarms() == 0, what="both PUBACKs")
     assert [m.json()["id"] for m in subscriber.on(ALARM)] == ["fixed", "after"]
@@ -130,12 +134,12 @@ def test_an_alarm_id_given_twice_is_stored_and_sent_once(mosquitto, subscribe, p
 def test_alarms_raised_while_the_broker_is_down_arrive_once_each_in_order(mosquitto, subscribe, publishers):
     subscriber = subscribe([ALARM])
     publisher = publishers(settings_for(mosquitto))
-    before = [publisher.publish_alarm({"kind": "anomaly", "n": i}) for i in range(2)]
+    before = [publisher.publish_alarm(an_alarm(audio_time=i)) for i in range(2)]
     subscriber.wait_on(ALARM, 2)
     wait_until(lambda: publisher.pending_alarms() == 0, what="the first PUBACKs")
     mosquitto.stop()
     wait_until(lambda: not publisher.connected, what="the publisher noticing the outage")
-    during = [publisher.publish_alarm({"kind": "anomaly", "n": i}) for i in range(2, 7)]
+    during = [publisher.publish_alarm(an_alarm(audio_time=i)) for i in range(2, 7)]
     assert publisher.pending_alarms() == 5
     mosquitto.start()
     subscriber.wait_for(lambda msgs: len(unique_ids([m for m in msgs if m.topic == ALARM])) == 7)
@@ -149,16 +153,16 @@ def test_alarms_lost_in_flight_on_a_dead_network_are_resent_in_order(mosquitto, 
                                                                     tmp_path):
     subscriber = subscribe([ALARM, STATUS])
     outbox = Outbox(tmp_path / "outbox.sqlite")
-    publisher = publishers(MqttSettings(host=link.host, port=link.port, reconnect_min_s=0.2, reconnect_max_s=1.0,
+    publisher = publishers(MqttConfig(host=link.host, port=link.port, reconnect_min_s=0.2, reconnect_max_s=1.0,
                                         discovery=False), outbox)
     subscriber.wait_on(STATUS)  # connected, and the connect-time messages are through
     link.blackhole()  # the network silently loses what the agent sends: these alarms are in flight, unacknowledged
-    in_flight = [publisher.publish_alarm({"kind": "anomaly", "n": i}) for i in range(5)]
+    in_flight = [publisher.publish_alarm(an_alarm(audio_time=i)) for i in range(5)]
     size = sum(publish_packet_size(e.topic, e.payload) for e in outbox.pending())
     wait_until(lambda: link.dropped_bytes >= size, what="all five alarms being sent into the black hole")
     link.cut()
     wait_until(lambda: not publisher.connected, what="the publisher noticing the cut")
-    later = [publisher.publish_alarm({"kind": "anomaly", "n": i}) for i in range(5, 8)]
+    later = [publisher.publish_alarm(an_alarm(audio_time=i)) for i in range(5, 8)]
     subscriber.wait_for(lambda msgs: len(unique_ids([m for m in msgs if m.topic == ALARM])) == 8)
     assert unique_ids(subscriber.on(ALARM)) == in_flight + later
     wait_until(lambda: publisher.pending_alarms() == 0, what="the outbox emptying")
@@ -216,19 +220,19 @@ def test_the_last_will_marks_a_killed_agent_offline(mosquitto, subscribe, tmp_pa
 def test_state_is_retained_and_score_is_sent(mosquitto, subscribe, publishers):
     watcher = subscribe([STATE])
     publisher = publishers(settings_for(mosquitto))
-    publisher.publish_state("anomaly", "window score 3.3 above 2.5")  # before connecting: sent on connect
+    publisher.publish_state(StateMessage(state="anomaly", detail="window score 3.3 above 2.5", machine_alarm=True))
+    # before connecting: sent on connect
     watcher.wait_on(STATE)
     [state] = subscribe([STATE]).wait_on(STATE)  # a late subscriber gets the retained state
     assert state.retain and state.json()["state"] == "anomaly"
     assert state.json()["detail"] == "window score 3.3 above 2.5"
     live = subscribe([SCORE])
-    publisher.publish_score({"window_score": np.float64(1.25), "threshold": 2.5})
+    publisher.publish_score(ScoreMessage(window_score=np.float64(1.25), threshold=2.5,
+                                         detector_scores={"gmm": np.float32(1.25)}, state="anomaly", audio_time=20.0))
     [score] = live.wait_on(SCORE)
-    assert score.qos == 0 and score.json()["window_score"] == 1.25 and "time" in score.json()
-    with pytest.raises(ValueError, match="state must be one of"):
-        publisher.publish_state("broken")
-    with pytest.raises(ValueError, match="window_score"):
-        publisher.publish_score({"score": 1.0})
+    assert score.qos == 0 and ScoreMessage.from_json(score.payload).window_score == 1.25
+    with pytest.raises(ValueError, match="an alarm of machine 'pump-2' on the topics of 'pump-1'"):
+        publisher.publish_alarm(an_alarm("pump-2"))
 
 
 def render(template: str, payload: bytes) -> str:
@@ -254,12 +258,13 @@ def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(mo
     assert anomaly["device_class"] == fault["device_class"] == "problem"
     assert anomaly["state_topic"] == fault["state_topic"] == STATE and score["state_topic"] == SCORE
     assert len({anomaly["unique_id"], fault["unique_id"], score["unique_id"]}) == 3
-    anomalous = b'{"state":"anomaly","detail":null,"machine_alarm":true}'
-    faulty = b'{"state":"sensor_fault","detail":"silence","machine_alarm":false}'
-    hidden = b'{"state":"sensor_fault","detail":"silence","machine_alarm":true}'  # the alarm is still raised
+    anomalous = StateMessage(state="anomaly", machine_alarm=True).to_json()
+    faulty = StateMessage(state="sensor_fault", detail="silence", machine_alarm=False).to_json()
+    hidden = StateMessage(state="sensor_fault", detail="silence", machine_alarm=True).to_json()  # still raised
     assert [render(anomaly["value_template"], p) for p in (anomalous, faulty, hidden)] == ["ON", "OFF", "ON"]
     assert [render(fault["value_template"], p) for p in (anomalous, faulty, hidden)] == ["OFF", "ON", "ON"]
-    assert render(score["value_template"], b'{"window_score":1.5}') == "1.5"
+    score_message = ScoreMessage(window_score=1.5, threshold=2.5, detector_scores={}, state="normal", audio_time=1.0)
+    assert render(score["value_template"], score_message.to_json()) == "1.5"
 
     ha = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="home-assistant")
     ha.connect(mosquitto.host, mosquitto.port)
@@ -274,25 +279,25 @@ def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(mo
 def test_discovery_can_be_switched_off(mosquitto, subscribe, publishers):
     everything = subscribe(["#"])
     publisher = publishers(settings_for(mosquitto, discovery=False))
-    publisher.publish_alarm({"kind": "anomaly"})
+    publisher.publish_alarm(an_alarm())
     everything.wait_on(ALARM)
     assert not [m for m in everything.messages if m.topic.startswith("homeassistant/")]
 
 
 def test_tls_with_a_generated_ca_delivers_alarms(mosquitto_tls, tls_files, publishers):
-    publisher = publishers(settings_for(mosquitto_tls, ca_file=str(tls_files.ca)))
+    publisher = publishers(settings_for(mosquitto_tls, tls=TlsConfig(ca_file=tls_files.ca)))
     assert publisher.wait_connected(15), "no TLS connection"
-    publisher.publish_alarm({"kind": "anomaly"})
+    publisher.publish_alarm(an_alarm())
     wait_until(lambda: publisher.pending_alarms() == 0, what="the PUBACK over TLS")
-    assert publisher.settings.resolved_port == mosquitto_tls.port and publisher.settings.tls
+    assert publisher.settings.resolved_port == mosquitto_tls.port and publisher.settings.tls is not None
 
 
 def test_a_broker_certificate_from_another_ca_is_reported_and_the_alarm_kept(mosquitto_tls, publishers, tmp_path,
                                                                              caplog):
     caplog.set_level(logging.WARNING, logger="humwatch.agent.transport.publish")
     other_ca = make_tls_files(tmp_path / "other").ca
-    publisher = publishers(settings_for(mosquitto_tls, ca_file=str(other_ca)))
-    publisher.publish_alarm({"kind": "anomaly"})
+    publisher = publishers(settings_for(mosquitto_tls, tls=TlsConfig(ca_file=other_ca)))
+    publisher.publish_alarm(an_alarm())
     wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in caplog.text, what="the certificate error in the log")
     assert not publisher.connected and publisher.pending_alarms() == 1
     [line] = {r.getMessage() for r in caplog.records if "CERTIFICATE_VERIFY_FAILED" in r.getMessage()}
@@ -308,7 +313,7 @@ def test_secrets_never_reach_the_logs(tmp_path, publishers, caplog):
         good = settings_for(broker, username="agent", password="s3cret-Pa55")
         assert "s3cret-Pa55" not in repr(good) and "s3cret-Pa55" not in str(good)
         publisher = publishers(good)
-        publisher.publish_alarm({"kind": "anomaly"})
+        publisher.publish_alarm(an_alarm())
         wait_until(lambda: publisher.pending_alarms() == 0, what="the authenticated delivery")
         wrong = publishers(settings_for(broker, username="agent", password="wr0ng-Pa55", client_id="intruder"))
         wait_until(lambda: "refused the connection" in caplog.text, what="the refusal in the log")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -90,6 +91,15 @@ class Mosquitto:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        """Wait until the broker's log shows `pattern`: what the broker itself has seen (a client gone, a packet)."""
+        deadline = time.monotonic() + timeout
+        while (found := re.search(pattern, self.log())) is None:
+            if time.monotonic() > deadline:
+                pytest.fail(f"mosquitto did not log {pattern!r} within {timeout} s:\n{self.log()}")
+            time.sleep(0.02)
+        return found
 
 
 class Link:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from humwatch.agent.errors import ModelError
-from humwatch.agent.model.scorers import load_detector
+from humwatch.calibration.workstation_scorers import load_workstation_detector as load_detector
 
 
 def assert_equal_scores(ours: np.ndarray, reference: np.ndarray, float32_projection: bool = False) -> None:

@@ -149,8 +149,9 @@ def test_check_config_command(tmp_path):
 def test_the_reference_needs_no_file_and_names_every_key():
     done = subprocess.run([sys.executable, "-m", "humwatch", "check-config", "--reference"], capture_output=True,
                           text=True)
-    assert done.returncode == 0 and "| `clipping_seconds` | `2.0` | span of audio over which" in done.stdout
-    assert "`keepalive` (`60`)" in done.stdout and "`tls.ca_file` (unset)" in done.stdout
+    assert done.returncode == 0 and "| `clipping_seconds` | a number | `2.0` | span of audio over which" in done.stdout
+    assert "| `keepalive` | an integer | `60` |" in done.stdout
+    assert "### `[mqtt.tls]`" in done.stdout and "| `ca_file` | a path | unset |" in done.stdout
     done = subprocess.run([sys.executable, "-m", "humwatch", "check-config"], capture_output=True, text=True)
     assert done.returncode == 2 and "give the configuration FILE to check" in done.stderr
 

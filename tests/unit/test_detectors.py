@@ -19,11 +19,13 @@ from sklearn.exceptions import NotFittedError
 
 from humwatch.agent.contract import SCHEMA_VERSION, WINDOW_PATCHES, logmel_extractor_sha256
 from humwatch.agent.errors import ModelError
-from humwatch.agent.model.scorers import load_detector, window_mean
+from humwatch.agent.model.scorers import load_detector as load_on_board
+from humwatch.agent.model.scorers import window_mean
 from humwatch.agent.signal.audio import read_wav
 from humwatch.agent.signal.frontend import clip_patches
 from humwatch.agent.signal.mel import mel_db
 from humwatch.calibration.detectors import KINDS, AnomalyDetector, fit_detector
+from humwatch.calibration.workstation_scorers import load_workstation_detector as load_detector
 from tests.plugins.detectors import assert_equal_scores, assert_refused
 
 SHA = "0123456789abcdef" * 4
@@ -389,6 +391,12 @@ def test_window_mean_pools_consecutive_patches():
     assert WINDOW_PATCHES == 18 and window_mean(scores[:17]).shape == (0,)
     with pytest.raises(ValueError):
         window_mean(scores, window_patches=0)
+
+
+@pytest.mark.parametrize("kind", ["bgmm", "kde", "iforest"])
+def test_the_board_refuses_the_workstation_only_kinds(kind, saved):
+    with pytest.raises(ModelError, match=f"unknown detector kind '{kind}' \\(known: gmm, ocsvm, knn\\)"):
+        load_on_board(saved(kind))
 
 
 def test_board_scoring_does_not_load_scikit_learn():
