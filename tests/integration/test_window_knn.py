@@ -109,7 +109,7 @@ def test_a_runtime_that_scores_the_reference_sound_otherwise_is_refused(tmp_path
     version = tmp_path / "version"
     shutil.copytree(Bundle.load(source_bundle).path, version)
     recorded = json.loads((version / "bundle.json").read_text())["known_answer"]
-    assert len(recorded["window_scores"]) == 5 and recorded["tolerance"] == 0.05
+    assert len(recorded["window_scores"]) == 5 and recorded["tolerance"] == 0.1
     clip = sorted((toycar / "test").glob("*.wav"))[0]
     assert humwatch(["score", "--bundle", str(version), str(clip)]) in (0, 1)
     capsys.readouterr()
