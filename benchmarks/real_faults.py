@@ -60,8 +60,8 @@ def main() -> None:
         result = calibrate(wav_blocks(normal[:CALIBRATION_CLIPS]), args.model, Path(scratch) / "bundle",
                            preset=args.preset, machine="fan1", report=False)
         pipeline, threshold = Pipeline(Bundle.load(Path(scratch) / "bundle")), result.threshold.high
-    print(f"{args.preset}: chose {result.selection.chosen.name}, threshold {threshold:.3g}")
-    if result.selection.table:
+    print(f"{args.preset}: chose {result.selection.report()['chosen']}, threshold {threshold:.3g}")
+    if getattr(result.selection, "table", None):
         print("injected faults caught at each candidate's own threshold: " + ", ".join(
             f"{s.name} {s.detection:.0%}" for s in sorted(result.selection.table, key=lambda s: -s.detection)))
     anomaly = max(r.window_score for r in windows(pipeline, read_wav(DCASE / "test" / "anomaly_id_00_00000000.wav")))

@@ -24,24 +24,18 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from humwatch.agent.contract import WINDOW_PATCHES, WINDOW_SAMPLES, FrontEndParams
-from humwatch.agent.errors import ConfigError
 from humwatch.agent.model.bundle import DetectorEntry, TimingEntry
 from humwatch.agent.model.pipeline import add_timing, fuse, limit, standardise, window_readings
 from humwatch.agent.model.scorers import window_mean
 from humwatch.agent.model.timing import DEFAULT_GATE, Profiles, TimingModel, fit_timing, window_ends, window_profiles
-from humwatch.agent.signal.audio import read_wav
 from humwatch.agent.signal.frontend import clip_patches
 from humwatch.calibration.candidates import CANDIDATES, CNN, PARTS, Candidate, Part, fit_part, score_part
-from humwatch.calibration.collect import named_as_anomaly
 from humwatch.calibration.detectors import FittedDetector
 from humwatch.calibration.export import write_npz_atomic
 from humwatch.calibration.faults import FAULT_KINDS, fault_grid, inject
 from humwatch.calibration.threshold import (
     DEFAULT_FALSE_ALARMS_PER_DAY,
-    HELDOUT_EVERY,
-    MIN_THRESHOLD_SCORES,
     choose_threshold,
-    heldout_mask,
 )
 from humwatch.calibration.window_knn import PRESET as WINDOW_KNN
 
@@ -96,12 +90,6 @@ class NormalClip:
 def clip_timing(samples: np.ndarray) -> Profiles:
     """The timing profiles of every full window of a clip, as the board's Pipeline computes them on a stream."""
     return window_profiles(samples, window_ends(len(samples)))
-
-
-def cached_clip(path: Path, channel: int | str, features: tuple[np.ndarray, np.ndarray | None]) -> NormalClip:
-    """A clip from its cached (dB patches, CNN features); its samples and timing profiles come from the file."""
-    samples = read_wav(path, channel)
-    return NormalClip(samples, *features, clip_timing(samples))
 
 
 def prepare_clip(samples: np.ndarray, extractor, params: FrontEndParams) -> NormalClip:
@@ -283,33 +271,6 @@ def choose_pipeline(clips: Sequence[NormalClip], held: np.ndarray, extractor_sha
     log.info("pipeline %s (%s); %s", selection.chosen.name, selection.reason,
              ", ".join(f"{s.name} caught {s.detection:.2f} AUC {s.auc:.3f}" for s in selection.table))
     return selection
-
-
-def choose_from_files(paths: Sequence[Path], extractor_sha256: str | None = None, extractor=None,
-                      params: FrontEndParams | None = None, channel: int | str = 0,
-                      clip_features: Callable[[Path], tuple[np.ndarray, np.ndarray | None]] | None = None,
-                      **options) -> Selection:
-    """`choose_pipeline` on normal recordings given as files (e.g. evaluation's training clips), one in four
-    held out as calibration holds out its blocks. A file named as an anomaly (anomaly_*, abnormal_*, or in an
-    abnormal/ or anomaly/ folder) is refused before anything is read. `clip_features(path) -> (dB patches, CNN
-    features)` lets a caller reuse cached features; each file is still read once, for its timing profiles and, if
-    it is held out, its samples (the faults go into those)."""
-    named = [p for p in map(Path, paths) if named_as_anomaly(p)]
-    if named:
-        raise ConfigError(f"{named[0]}: named as an anomaly; the pipeline is chosen from normal recordings only")
-    params = params or FrontEndParams()
-    clips = [prepare_clip(read_wav(path, channel), extractor, params) if clip_features is None
-             else cached_clip(path, channel, clip_features(path)) for path in map(Path, paths)]
-    held = heldout_mask([len(c.db) for c in clips])
-    if held.sum() < MIN_THRESHOLD_SCORES:  # a clip of 10 s or more holds at least one window
-        raise ConfigError(f"{Path(paths[0]).parent}: {len(clips)} normal training clips; choosing a pipeline needs "
-                          f"at least {MIN_THRESHOLD_SCORES * HELDOUT_EVERY} of 10 s or more (one in {HELDOUT_EVERY} is "
-                          f"held out, and a threshold needs {MIN_THRESHOLD_SCORES} held-out windows)")
-    if clip_features is not None:  # many cached training clips: keep only the samples the faults need
-        for clip, h in zip(clips, held):
-            if not h:
-                clip.samples = np.empty(0, np.float32)
-    return choose_pipeline(clips, held, extractor_sha256, extractor, params, **options)
 
 
 def _fit(part: str, clips: list[NormalClip], extractor_sha256: str | None, seed: int) -> FittedDetector:
