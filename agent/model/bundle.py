@@ -248,7 +248,7 @@ _ENTRY_NUMBERS = ("score_mean", "score_std", "window_centre")
 TIMING_NAME = "timing"  # the timing detector's reading in alarms and logs
 
 
-def _timing_entry(section, where: pathlib.Path, entries: list[DetectorEntry]) -> TimingEntry | None:
+def _timing_entry(section: object, where: pathlib.Path | str, entries: list[DetectorEntry]) -> TimingEntry | None:
     if section is None:
         return None
     if not isinstance(section, dict):
@@ -256,7 +256,7 @@ def _timing_entry(section, where: pathlib.Path, entries: list[DetectorEntry]) ->
     file, gate = section.get("file"), section.get("gate")
     if not isinstance(file, str) or not file or pathlib.PurePath(file).name != file:
         raise ModelError(f"{where}: timing.file must be a file name inside the bundle")
-    if not (_is_number(gate) and math.isfinite(gate) and gate >= 0):
+    if not (isinstance(gate, (int, float)) and _is_number(gate) and math.isfinite(gate) and gate >= 0):
         raise ModelError(f"{where}: timing.gate must be a number of at least 0, not {gate!r}")
     if any(e.name == TIMING_NAME for e in entries):
         raise ModelError(f"{where}: a detector is named {TIMING_NAME!r}, the name of the timing reading")

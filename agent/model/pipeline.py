@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from humwatch.agent.model.timing import StreamProfiles, TimingModel
 from humwatch.agent.signal.frames import FRAME_SOURCES, frame_dim, frame_patch_scores
 from humwatch.agent.signal.frontend import FrontEnd, PatchBatch
 from humwatch.agent.signal.modulation import MODULATION_DIM, modulation_spectrum
+
+if TYPE_CHECKING:
+    from humwatch.agent.model.extractor import Extractor
 
 
 class PatchScorer:
@@ -30,15 +33,15 @@ class PatchScorer:
 
     def __init__(self, bundle: Bundle, num_threads: int = 1) -> None:
         self.bundle = bundle
-        self.extractor = None
+        self.extractor: Extractor | None = None
         if bundle.extractor_path is not None:
             from humwatch.agent.model.extractor import Extractor  # loads the TFLite runtime only when a CNN is used
 
             self.extractor = Extractor(bundle.extractor_path, num_threads=num_threads)
-            if self.extractor.sha256 != bundle.spec.extractor_sha256:
+            expected = bundle.spec.extractor_sha256 or ""
+            if self.extractor.sha256 != expected:
                 raise ModelError(f"{bundle.extractor_path}: sha256 {self.extractor.sha256[:12]} is not the extractor "
-                                 f"the bundle was calibrated with ({bundle.spec.extractor_sha256[:12]}); recalibrate or "
-                                 "restore the model")
+                                 f"the bundle was calibrated with ({expected[:12]}); recalibrate or restore the model")
         # Entries reading one detector file (its two readings) share one loaded detector and one scoring per batch.
         self.detectors: dict[str, Detector] = {file: self._load(e)
                                                for file, e in {e.file: e for e in bundle.spec.detectors}.items()}
@@ -51,7 +54,7 @@ class PatchScorer:
         cnn = entry.feature_source == "cnn"
         detector = load_detector(self.bundle.path / entry.file,
                                  extractor_sha256=self.bundle.spec.extractor_sha256 if cnn else logmel_extractor_sha256())
-        dim = self.extractor.feature_dim if cnn else source_dim(entry.feature_source)
+        dim = self._cnn().feature_dim if cnn else source_dim(entry.feature_source)
         if (detector.feature_source, detector.feature_dim) != (entry.feature_source, dim):
             raise ModelError(f"{detector.path}: fitted on {detector.feature_dim}-d {detector.feature_source} "
                              f"features, but the bundle scores it on {dim}-d {entry.feature_source}; recalibrate")
@@ -59,6 +62,11 @@ class PatchScorer:
             raise ModelError(f"{detector.path}: a {detector.kind} detector cannot be read at the "
                              f"{'window' if entry.window_level else 'patch'} level; recalibrate")
         return detector
+
+    def _cnn(self) -> Extractor:
+        if self.extractor is None:
+            raise ModelError(f"{self.bundle.path}: a CNN detector, but the bundle names no feature extractor")
+        return self.extractor
 
     def score(self, batch: PatchBatch) -> np.ndarray:
         """(patches, columns): each detector's block of columns for every patch."""
@@ -70,7 +78,7 @@ class PatchScorer:
         for file, detector in self.detectors.items():
             source = detector.feature_source
             if source not in features and source not in FRAME_SOURCES:
-                features[source] = (self.extractor.embed(batch.images) if source == "cnn"
+                features[source] = (self._cnn().embed(batch.images) if source == "cnn"
                                     else modulation_spectrum(batch.db))
             if detector.window_level:
                 blocks[file] = detector.transform(features[source])
@@ -172,13 +180,13 @@ class Pipeline:
         for end, scores, profile in zip(batch.end_samples, self.scorer.score(batch), profiles):
             self._window.append(scores)
             seconds = float(end) / SAMPLE_RATE
-            if len(self._window) < self._window.maxlen:
+            if len(self._window) < self.bundle.spec.window_patches:
                 results.append(PatchScore(time=seconds, window_score=None))
                 continue
             readings = self.scorer.read(np.mean(self._window, axis=0)[None])
             score = fuse(readings, self.bundle.spec.fusion)
             named = dict(zip(self._names, readings[0].tolist()))
-            if profile is not None:
+            if profile is not None and self.timing is not None and self.bundle.spec.timing is not None:
                 timing = self.timing.score(profile)
                 score = add_timing(score, timing, self.bundle.spec.timing.gate)
                 named[TIMING_NAME] = float(timing[0])

@@ -134,9 +134,9 @@ class NearestWindowScorer:
     from) and `bank_stride` let calibration recompute leave-one-block-out scores when normal sound is added; the
     board only measures distances."""
 
-    ARRAYS = ("bank", "bank_groups", "bank_stride")
+    ARRAYS: tuple[str, ...] = ("bank", "bank_groups", "bank_stride")
 
-    def __init__(self, arrays: DetectorArrays, dim: int):
+    def __init__(self, arrays: DetectorArrays, dim: int) -> None:
         bank = arrays.real("bank", (None, dim))
         if len(bank) == 0:
             raise arrays.fail("array 'bank' is empty")

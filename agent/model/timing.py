@@ -21,7 +21,7 @@ normal keeps its other detectors' score, so a fan or pump without cycles is not 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from scipy.ndimage import uniform_filter1d
@@ -163,6 +163,9 @@ class TimingModel:
     cycle_template: np.ndarray
     centre: np.ndarray  # (2,) in READINGS order
     scale: np.ndarray  # (2,)
+    # The templates at every shift, computed once (derived, not part of the model's identity)
+    _speed_shifted: np.ndarray = field(init=False, repr=False, compare=False)
+    _cycle_shifted: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_speed_shifted", shifted(self.speed_template, SPEED_SHIFTS))
@@ -181,16 +184,16 @@ class TimingModel:
         return (np.maximum(0.0, self.raw(profiles) - self.centre) / self.scale).max(axis=1)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return {name: getattr(self, name) for name in STORED}
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TimingModel":
         """Read a bundle's timing file; a damaged one is a ModelError naming the file and the array."""
         stored = read_npz(path, "timing")
-        missing = [k for k in cls.__dataclass_fields__ if k not in stored]
+        missing = [k for k in STORED if k not in stored]
         if missing:
             raise ModelError(f"{path}: not a timing file (no {', '.join(missing)}); recalibrate")
-        arrays = {k: np.asarray(stored[k], dtype=np.float64) for k in cls.__dataclass_fields__}
+        arrays = {k: np.asarray(stored[k], dtype=np.float64) for k in STORED}
         shapes = {"speed_template": SPEED_GRID.shape, "cycle_template": CYCLE_GRID.shape, "centre": (2,),
                   "scale": (2,)}
         for name, shape in shapes.items():
@@ -199,6 +202,9 @@ class TimingModel:
         if not np.all(arrays["scale"] > 0):
             raise ModelError(f"{path}: scale must be positive; recalibrate")
         return cls(**arrays)
+
+
+STORED = tuple(f.name for f in fields(TimingModel) if f.init)  # what a timing file holds
 
 
 def fit_timing(fit: Profiles, heldout: Profiles) -> TimingModel:
@@ -216,13 +222,13 @@ class StreamProfiles:
     one): the agent's stream and, fed a whole clip at once, calibration's `window_profiles`."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self._samples = np.zeros(0)
         self._offset = 0  # stream position of self._samples[0]
         self._pending: list[np.ndarray] = []  # pushed since the last window end, joined when the next one comes
         self._powers: dict[int, np.ndarray] = {}
-
-    def reset(self) -> None:
-        self.__init__()
 
     def push(self, samples: np.ndarray, ends: np.ndarray) -> list[Profiles | None]:
         """Take the next samples; the profiles of the windows ending at stream positions `ends` (None for an end
