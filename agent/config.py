@@ -23,8 +23,16 @@ import tomllib
 
 from humwatch.agent.errors import ConfigError, ModelError
 from humwatch.agent.paths import data_dir
-from humwatch.agent.typed import (Problem, describe, doc_of, documented, inner_dataclass, is_required, read,
-                                  shown_default)
+from humwatch.agent.typed import (
+    Problem,
+    describe,
+    doc_of,
+    documented,
+    inner_dataclass,
+    is_required,
+    read,
+    shown_default,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # safe as one MQTT topic level and a file name
 

@@ -21,6 +21,7 @@ from humwatch.agent.contract import SCHEMA_VERSION, WINDOW_PATCHES, FrontEndPara
 from humwatch.agent.durable import fsync_directory
 from humwatch.agent.errors import ModelError
 from humwatch.agent.model.scorers import WINDOW_KINDS
+from humwatch.agent.npz import read_json_object
 from humwatch.agent.signal.frames import FRAME_SOURCES
 
 MANIFEST = "bundle.json"
@@ -160,14 +161,7 @@ class Bundle:
         manifest_path = root / MANIFEST
         if not root.exists():
             raise ModelError(f"{root}: no bundle here (run `humwatch calibrate` first)")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except FileNotFoundError:
-            raise ModelError(f"{manifest_path}: missing; {root} is not a calibrated bundle") from None
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{manifest_path}: not readable JSON ({exc})") from None
-        if not isinstance(manifest, dict):
-            raise ModelError(f"{manifest_path}: not a JSON object")
+        manifest = read_json_object(manifest_path, f"missing; {root} is not a calibrated bundle")
         _check_schema(manifest, manifest_path)
         return cls(path=root.resolve(), id=_field(manifest, manifest_path, "id", str),
                    machine=_field(manifest, manifest_path, "machine", str, ""),

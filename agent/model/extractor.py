@@ -6,7 +6,6 @@ its features would silently mean something else.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from humwatch.agent import contract
 from humwatch.agent.durable import file_sha256
 from humwatch.agent.errors import ModelError
 from humwatch.agent.model.runtime import load_interpreter
+from humwatch.agent.npz import read_json_object
 
 SIDECAR_SUFFIX = ".json"
 
@@ -28,13 +28,8 @@ def sidecar_path(model_path: str | Path) -> Path:
 def read_sidecar(model_path: str | Path) -> dict:
     """The sidecar dict of a model, checked against this humwatch's signal contract."""
     path = sidecar_path(model_path)
-    try:
-        info = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{path}: sidecar missing; convert the model with `humwatch convert`") from None
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: unreadable sidecar ({exc})") from None
-    if not isinstance(info, dict) or not isinstance(info.get("frontend"), dict):
+    info = read_json_object(path, "sidecar missing; convert the model with `humwatch convert`")
+    if not isinstance(info.get("frontend"), dict):
         raise ModelError(f"{path}: sidecar has no 'frontend' section")
     try:
         contract.FrontEndParams.from_dict(info["frontend"])
