@@ -18,7 +18,7 @@ from humwatch.evaluation.dcase_layout import find_sections
 from humwatch.evaluation.features import cnn_source, dcase2023_logmel_source, patch_db_source
 from humwatch.evaluation.methods import DetectorMethod, Method, PresetMethod
 from humwatch.evaluation.protocol import PAPER_NORMAL_TEST
-from humwatch.evaluation.report import markdown_table, write_reports
+from humwatch.evaluation.report import markdown_table, operating_point_table, write_reports
 from humwatch.evaluation.runner import run_protocol
 
 DETECTORS = ("gmm", "ocsvm", "bgmm", "iforest", "kde")
@@ -150,6 +150,7 @@ def _run_paper(args: argparse.Namespace) -> int:
     title = f"ROC AUC, {args.dataset.name}, {args.seeds} seed{'' if args.seeds == 1 else 's'}"
     files = write_reports(results, args.out, title)
     print(markdown_table(results))
+    print(operating_point_table(results))
     print(f"wrote {', '.join(str(p) for p in files.values())} in {time.monotonic() - started:.0f} s "
           f"(feature cache: {cache.hits} hits, {cache.misses} computed)", file=sys.stderr)
     return 0

@@ -140,3 +140,16 @@ def test_report_marks_the_best_and_averages_per_seed(tiny_dataset, tmp_path):
 def test_cli_refuses_a_missing_dataset_in_one_line(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nowhere"), "--peers", "knn", "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith("nowhere: dataset folder not found")
+
+
+def test_operating_point_counts_test_clips_above_each_fits_threshold():
+    from humwatch.evaluation.report import operating_point_table
+    from humwatch.evaluation.runner import Result
+
+    labels = np.array([0, 0, 1, 1])
+    results = [Result("preset", "pump/id_00", 0, 1.0, 8, 2, labels, np.array([0.1, 0.6, 0.7, 0.2]), 0.5),
+               Result("preset", "pump/id_00", 1, 1.0, 8, 2, labels, np.array([0.1, 0.2, 0.9, 0.8]), 0.5),
+               Result("peer", "pump/id_00", 0, 1.0, 8, 2, labels, np.array([0.1, 0.2, 0.9, 0.8]))]
+    lines = operating_point_table(results).splitlines()
+    assert "| preset | pump/id_00 | 3/4 | 1/4 |" in lines  # 0.7, 0.9, 0.8 of the abnormal; 0.6 of the normal
+    assert "| peer | pump/id_00 | — | — |" in lines
