@@ -72,7 +72,7 @@ def main() -> None:
     if pipeline.timing is not None:
         timing = [r.readings[TIMING_NAME] for r in unheard_windows]
         print(f"timing reading of the unheard normal clips: highest {max(timing):.3g}, "
-              f"{sum(t > pipeline.bundle.timing.gate for t in timing)} beyond the gate {pipeline.bundle.timing.gate:g}")
+              f"{sum(t > pipeline.bundle.spec.timing.gate for t in timing)} beyond the gate {pipeline.bundle.spec.timing.gate:g}")
     clips = [read_wav(p) for p in normal[CALIBRATION_CLIPS:CALIBRATION_CLIPS + 8]]
     for db_under in (6, 12):
         caught = sum(last_window(pipeline, whine(c, hz, db_under)) > threshold for c in clips for hz in WHINE_HZ)

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,22 @@ from threadpoolctl import threadpool_limits
 from humwatch.agent.contract import PATCH_SECONDS, SAMPLE_RATE, WINDOW_PATCHES, FrontEndParams
 from humwatch.agent.durable import write_atomic
 from humwatch.agent.errors import AudioError, ConfigError, ModelError
-from humwatch.agent.model.bundle import write_bundle
+from humwatch.agent.model.bundle import MODULATION, Bundle, PipelineSpec, write_bundle
 from humwatch.agent.model.extractor import Extractor
+from humwatch.agent.model.pipeline import KNOWN_ANSWER_TOLERANCE, Pipeline, check_known_answer, reference_scores
+from humwatch.agent.signal.frontend import clip_patches
 from humwatch.agent.signal.mel import mel_db
+from humwatch.agent.signal.modulation import modulation_spectrum
+from humwatch.calibration import window_knn
 from humwatch.calibration.collect import Block, survey
-from humwatch.calibration.selection import PRESETS, Selection, choose_pipeline, prepare_clip, preset_uses_cnn
+from humwatch.calibration.selection import (
+    PRESETS,
+    WINDOW_KNN,
+    Selection,
+    choose_pipeline,
+    prepare_clip,
+    preset_uses_cnn,
+)
 from humwatch.calibration.threshold import (
     DEFAULT_FALSE_ALARMS_PER_DAY,
     HELDOUT_EVERY,
@@ -39,8 +50,8 @@ from humwatch.calibration.threshold import (
 
 log = logging.getLogger(__name__)
 
-# The default: choose per machine among every candidate pipeline (benchmarks/RESULTS.md, "Detection quality").
-DEFAULT_PRESET = "auto"
+# The default: the window-level pipeline that ranked real faults best (docs/quality.md).
+DEFAULT_PRESET = WINDOW_KNN
 MIN_FIT_PATCHES = 100
 # Below this many independent held-out windows (about 15 min of calibration) the threshold's tail rests on little:
 # a recorded 5 min calibration gave 2 of 25 unheard normal clips above a one-a-week threshold.
@@ -49,6 +60,9 @@ STEADY_MINUTES = 15
 MIN_MINUTES = math.ceil(MIN_HELDOUT_WINDOWS * HELDOUT_EVERY * WINDOW_PATCHES * PATCH_SECONDS / 60)
 STEADY_HELDOUT_WINDOWS = int(STEADY_MINUTES * 60 / (WINDOW_PATCHES * PATCH_SECONDS) / HELDOUT_EVERY)
 SPECTROGRAM_SECONDS = 30.0
+# window-knn scores every calibration window against the bank without its stretch: about a minute gives the
+# MIN_HELDOUT_WINDOWS reference windows.
+MIN_REFERENCE_MINUTES = math.ceil(MIN_HELDOUT_WINDOWS * WINDOW_PATCHES * PATCH_SECONDS / 60)
 
 
 @dataclass
@@ -56,7 +70,7 @@ class Calibration:
     """What a calibration learned and measured; `summary_lines()` is the technician's text."""
 
     machine: str
-    selection: Selection
+    selection: Selection | window_knn.WindowKnnFit
     model_path: Path | None  # the CNN feature extractor, None when no candidate needed one
     extractor_sha256: str | None
     threshold: Threshold
@@ -88,21 +102,28 @@ class Calibration:
         lines = [
             f"machine: {self.machine or '(unnamed)'}",
             f"audio used: {self.seconds / 60:.1f} min from {self.sources} source(s)",
-            f"patches: {self.fit_patches} for fitting, {self.heldout_patches} held out "
-            f"({t.heldout_windows} independent 10 s windows, {t.heldout_scores} window scores)",
+            self._patch_line(),
             *self._extractor_lines(),
             *self.selection.summary_lines(),
             f"alarm threshold: {t.high:.4g}  clear threshold: {t.low:.4g}  (standardised window score)",
             f"threshold method: {t.method} tail fit, final value set by {t.governed_by}",
             f"target false alarms per day: {t.target_false_alarms_per_day:.4g}  expected at this threshold: "
             f"{t.expected_false_alarms_per_day:.3g}  ({t.decisions_per_day:.0f} window decisions per day)",
-            f"held-out normal windows: median {np.median(self.heldout_window_scores):.3g}, "
+            f"reference normal windows: median {np.median(self.heldout_window_scores):.3g}, "
             f"max {self.heldout_window_scores.max():.3g}",
         ]
         if self.bundle_dir is not None:
             lines.append(f"bundle: {self.bundle_dir}")
         lines += [f"warning: {w}" for w in self.warnings] or ["warnings: none"]
         return lines
+
+    def _patch_line(self) -> str:
+        t = self.threshold
+        if isinstance(self.selection, window_knn.WindowKnnFit):
+            return (f"patches: {self.fit_patches}, all in the bank; {t.heldout_scores} reference windows scored "
+                    "without their stretch of sound")
+        return (f"patches: {self.fit_patches} for fitting, {self.heldout_patches} held out "
+                f"({t.heldout_windows} independent 10 s windows, {t.heldout_scores} window scores)")
 
     def _extractor_lines(self) -> list[str]:
         if self.model_path is None:
@@ -138,28 +159,39 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
     clock = _StageClock()
     with clock("checks"):
         checked = survey(blocks)
-    # The CNN is loaded and run only when a candidate of the preset uses it (not for the log-Mel presets).
+    # The CNN is loaded and run only when the preset uses it (not for the log-Mel presets).
     extractor = Extractor(model_path, num_threads=num_threads) if preset_uses_cnn(preset) else None
     params = FrontEndParams.from_dict(extractor.info["frontend"]) if extractor else FrontEndParams()
     sha256 = extractor.sha256 if extractor else None
-    with clock("features"):
-        log.info("front end%s of %.1f min of audio", " and CNN features" if extractor else "", checked.seconds / 60)
-        clips = [prepare_clip(block.samples, extractor, params) for block in blocks]
-    held = heldout_mask([len(c.db) for c in clips])
-    _require_enough(checked.seconds, [len(c.db) for c in clips], held)
-    with clock("fit_and_select"):
-        selection = choose_pipeline(clips, held, sha256, extractor, params, candidates=PRESETS[preset],
-                                    false_alarms_per_day=false_alarms_per_day)
-    with tempfile.TemporaryDirectory(prefix="humwatch-calibrate-") as scratch:
+    log.info("front end%s of %.1f min of audio", " and CNN features" if extractor else "", checked.seconds / 60)
+    if preset == WINDOW_KNN:
+        with clock("features"):
+            features = [block_features(block, extractor, params) for block in blocks]
+        with clock("fit"):
+            fitted = window_knn.fit(features, sha256)
+        with clock("threshold"):
+            result = _threshold_on_references(fitted, [f.patches for f in features], false_alarms_per_day)
+        selection: Selection | window_knn.WindowKnnFit = fitted
+        pipeline_name = WINDOW_KNN
+    else:
+        with clock("features"):
+            clips = [prepare_clip(block.samples, extractor, params) for block in blocks]
+        held = heldout_mask([len(c.db) for c in clips])
+        _require_enough(checked.seconds, [len(c.db) for c in clips], held)
+        with clock("fit_and_select"):
+            selection = choose_pipeline(clips, held, sha256, extractor, params, candidates=PRESETS[preset],
+                                        false_alarms_per_day=false_alarms_per_day)
         with clock("threshold"):
             # the fitted detectors score through the board's own numpy scorers, as the agent's PatchScorer will
             result = _threshold_on_heldout([selection.window_scores(c) for c in clips], [len(c.db) for c in clips],
                                            held, false_alarms_per_day, selection.score_ceiling())
+        pipeline_name = selection.chosen.name
+    with tempfile.TemporaryDirectory(prefix="humwatch-calibrate-") as scratch:
         result.update(machine=machine, selection=selection, model_path=Path(model_path) if extractor else None,
                       extractor_sha256=sha256, seconds=checked.seconds,
                       sources=len({b.source for b in blocks}),
                       warnings=checked.warnings + selection.warnings
-                      + _threshold_warnings(result["threshold"], selection.chosen.name),
+                      + _threshold_warnings(result["threshold"], pipeline_name),
                       stage_seconds=clock.seconds)
         calibration = Calibration(**result)
         with clock("report"):
@@ -170,14 +202,61 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
         if out is not None:
             with clock("bundle"):
                 try:
-                    calibration.bundle_dir = write_bundle(out, _manifest(calibration, extractor, params),
+                    calibration.bundle_dir = write_bundle(out, *_spec(calibration, extractor, params),
                                                           _filler(selection, reports),
-                                                          extractor=model_path if selection.uses_cnn else None)
+                                                          extractor=model_path if selection.uses_cnn else None,
+                                                          known_answer=known_answer)
                 except OSError as exc:
                     raise ModelError(f"{out}: cannot write the bundle ({exc.strerror or exc}); the bundle in use "
                                      "is unchanged") from None
             log.info("bundle written to %s (now %s)", out, calibration.bundle_dir)
     return calibration
+
+
+def extend_bundle(blocks: list[Block], bundle_path: str | os.PathLike,
+                  false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY, num_threads: int = 1) -> Calibration:
+    """Add normal sound of a new operating condition to a window-knn bundle: its windows join the banks, every
+    leave-out reference and the threshold are recomputed, and a new bundle version replaces the old one atomically
+    (`--rollback` restores it). Nothing is refitted: the transforms, and so the agent's meaning of a window, stay."""
+    with threadpool_limits(limits=1):
+        clock = _StageClock()
+        bundle = Bundle.load(bundle_path)
+        check_known_answer(Pipeline(bundle, num_threads))  # a runtime that computes otherwise must not extend it
+        with clock("checks"):
+            checked = survey(blocks)
+        extractor = Extractor(bundle.extractor_path, num_threads=num_threads) if bundle.extractor_path else None
+        with clock("features"):
+            features = [block_features(block, extractor, bundle.spec.frontend) for block in blocks]
+        with clock("fit"):
+            fitted = window_knn.extend(bundle, features, checked.seconds)
+        with clock("threshold"):
+            result = _threshold_on_references(fitted, [f.patches for f in features], false_alarms_per_day)
+        before = bundle.manifest.get("calibration", {})
+        result["fit_patches"] = result["heldout_patches"] = before.get("fit_patches", 0) + result["fit_patches"]
+        result.update(machine=bundle.machine, selection=fitted, model_path=bundle.extractor_path,
+                      extractor_sha256=bundle.spec.extractor_sha256, seconds=before.get("seconds", 0.0) + checked.seconds,
+                      sources=before.get("sources", 0) + len({b.source for b in blocks}),
+                      warnings=checked.warnings + _threshold_warnings(result["threshold"], WINDOW_KNN),
+                      stage_seconds=clock.seconds)
+        calibration = Calibration(**result)
+        log.info("threshold %.4g -> %.4g after adding %.1f min of normal sound", bundle.spec.threshold_high,
+                 calibration.threshold.high, checked.seconds / 60)
+        spec = replace(bundle.spec, threshold_high=calibration.threshold.high,
+                       threshold_low=calibration.threshold.low, **fitted.spec_fields())
+        details = {"machine": bundle.machine, "threshold": calibration.threshold.to_dict(),
+                   "extractor": bundle.manifest.get("extractor"), "calibration": calibration.stats()}
+        try:
+            calibration.bundle_dir = write_bundle(bundle_path, spec, details, _filler(fitted, []),
+                                                  extractor=bundle.extractor_path, known_answer=known_answer)
+        except OSError as exc:
+            raise ModelError(f"{bundle_path}: cannot write the bundle ({exc.strerror or exc}); the bundle in use "
+                             "is unchanged") from None
+        return calibration
+
+
+def known_answer(bundle: Bundle) -> dict:
+    """What the agent must reproduce at start: the new bundle's window scores of the reference sound."""
+    return {"window_scores": reference_scores(Pipeline(bundle)), "tolerance": KNOWN_ANSWER_TOLERANCE}
 
 
 def _copy_reports(reports: list[Path], folder: Path) -> None:
@@ -203,6 +282,31 @@ def _threshold_on_heldout(window_scores: list[np.ndarray], patch_counts: list[in
             "fit_patches": int(sum(n for n, h in zip(patch_counts, held) if not h))}
 
 
+def _threshold_on_references(fitted: window_knn.WindowKnnFit, patch_counts: list[int],
+                              false_alarms_per_day: float) -> dict:
+    """The threshold from the leave-out scores of every calibration window (window-knn: no block is held back from
+    the bank)."""
+    references = fitted.reference_scores
+    if len(references) < MIN_HELDOUT_WINDOWS:
+        raise AudioError(f"too little calibration audio: {len(references)} reference windows of 10 s; "
+                         f"{MIN_HELDOUT_WINDOWS} are needed: give at least {MIN_REFERENCE_MINUTES} min of normal sound "
+                         "(clips of 10 s or longer)")
+    threshold = fitted.threshold(false_alarms_per_day)
+    log.info("threshold %.4g (clear %.4g) by %s for %.4g false alarms per day", threshold.high, threshold.low,
+             threshold.governed_by, false_alarms_per_day)
+    return {"threshold": threshold, "heldout_window_scores": references, "fit_window_scores": np.empty(0),
+            "heldout_patches": int(sum(patch_counts)), "fit_patches": int(sum(patch_counts))}
+
+
+def block_features(block: Block, extractor: Extractor | None, params: FrontEndParams) -> window_knn.BlockFeatures:
+    """A block's patch features for the window detectors; its images and samples are not kept."""
+    batch = clip_patches(block.samples, params)
+    features = {MODULATION: modulation_spectrum(batch.db)}
+    if extractor is not None:
+        features["cnn"] = extractor.embed(batch.images)
+    return window_knn.BlockFeatures(block.source, features)
+
+
 def _threshold_warnings(threshold: Threshold, detector: str) -> list[str]:
     messages = []
     if threshold.heldout_windows < STEADY_HELDOUT_WINDOWS:
@@ -221,7 +325,7 @@ def _threshold_warnings(threshold: Threshold, detector: str) -> list[str]:
     return messages
 
 
-def _filler(selection: Selection, reports: list[Path]):
+def _filler(selection: Selection | window_knn.WindowKnnFit, reports: list[Path]):
     """What write_bundle calls to put the detectors and the report into the new version directory."""
     def fill(directory: Path) -> None:
         selection.fill(directory)
@@ -268,21 +372,18 @@ def _require_enough(seconds: float, patch_counts: list[int], held: np.ndarray) -
         f"give at least {MIN_MINUTES} min of normal sound (clips of 10 s or longer)")
 
 
-def _manifest(result: Calibration, extractor: Extractor | None, params: FrontEndParams) -> dict:
-    """bundle.json; a pipeline without CNN detectors names no extractor, so the agent never loads TFLite for it."""
+def _spec(result: Calibration, extractor: Extractor | None, params: FrontEndParams) -> tuple[PipelineSpec, dict]:
+    """The bundle's spec and the details beside it; a pipeline without CNN detectors names no extractor, so the
+    agent never loads TFLite for it."""
     cnn = None
     if result.selection.uses_cnn:
-        cnn = {"sha256": extractor.sha256, "source": result.model_path.name, "feature_dim": extractor.feature_dim,
+        cnn = {"source": result.model_path.name, "feature_dim": extractor.feature_dim,
                **{k: extractor.info[k] for k in ("architecture", "precision") if k in extractor.info}}
-    return {
-        "machine": result.machine,
-        "frontend": params.to_dict(),
-        "window_patches": WINDOW_PATCHES,
-        **result.selection.manifest_fields(),
-        "threshold": result.threshold.to_dict(),
-        "extractor": cnn,
-        "calibration": result.stats(),
-    }
+    spec = PipelineSpec(frontend=params, threshold_high=result.threshold.high, threshold_low=result.threshold.low,
+                        window_patches=WINDOW_PATCHES, extractor_sha256=extractor.sha256 if cnn else None,
+                        **result.selection.spec_fields())
+    return spec, {"machine": result.machine, "threshold": result.threshold.to_dict(), "extractor": cnn,
+                  "calibration": result.stats()}
 
 
 def _spectrogram_excerpt(blocks: list[Block]) -> tuple[np.ndarray, str]:

@@ -19,9 +19,12 @@ candidates reuse the CNN and log-Mel parts), so each part is fitted and scored o
 - fusion-2s:   fusion with the dynamics GMM read two-sided: a window scores the distance of its mean from the normal
                centre, so a sound *steadier* than normal (a clogged pump, a leak's steady hiss) counts as well; a
                likelihood alone calls it more normal than normal.
-- fusion-timing: fusion-2s plus the timing detector (agent.model.timing): the shaft speed and the cycle period of a window
-               against normal; beyond 4 held-out standard deviations its distance adds to the fused score. The
-               default (calibration.selection).
+- fusion-timing: fusion-2s plus the timing detector (agent.model.timing): the shaft speed and the cycle period of a
+               window against normal; beyond 4 held-out standard deviations its distance adds to the fused score.
+               It costs more than the front end and the other detectors together, for a fault kind measured only on
+               synthetic sound: opt-in.
+
+The default pipeline is not among these patch candidates: see calibration.window_knn.
 """
 from __future__ import annotations
 

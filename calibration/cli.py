@@ -40,9 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from humwatch.calibration.selection import PRESETS  # the names only; scikit-learn is already needed to calibrate
 
     parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
-                        help="pipeline: 'auto' (default) chooses per machine among all candidates by synthetic "
-                             "faults injected into held-out normal sound; 'paper' is Müller et al.'s GMM-80 on "
-                             "CNN features; any other name fits that candidate alone")
+                        help="pipeline: 'window-knn' (default) measures each 10 s window's modulation spectrum and "
+                             "CNN features against every normal window heard; 'auto' chooses per machine among the "
+                             "patch-level candidates by synthetic faults; 'paper' is Müller et al.'s GMM-80 on CNN "
+                             "features; any other name fits that candidate alone")
     parser.add_argument("--detector", choices=tuple(DETECTOR_PRESETS), default=None,
                         help="fit only this detector on CNN features (gmm = --preset paper, ocsvm = --preset "
                              "cnn-ocsvm)")
@@ -50,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="false alarms per day the threshold aims at on normal sound (default: 1 per week)")
     parser.add_argument("--report-dir", type=pathlib.Path, metavar="DIR",
                         help="also write the report (PNG and text) here; it is always kept inside the bundle")
+    parser.add_argument("--add", action="store_true",
+                        help="extend the bundle with the normal sound given (a new speed, load or season) instead "
+                             "of calibrating from scratch; needs a window-knn bundle")
     parser.add_argument("--rollback", action="store_true",
                         help="restore the bundle the last calibration replaced, and do nothing else")
 
@@ -92,6 +96,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("no calibration audio: give WAV files or folders, or --record MINUTES")
     if args.preset and args.detector:
         raise ConfigError("give --preset or --detector, not both")
+    if args.add:
+        if args.preset or args.detector or args.model:
+            raise ConfigError("--add keeps the bundle's pipeline and extractor: give no --preset, --detector or --model")
+        from humwatch.calibration.calibrate import extend_bundle
+
+        result = extend_bundle(blocks, out, args.false_alarms_per_day, config.model.threads if config else 1)
+        print("\n".join(result.summary_lines()))
+        print("the agent uses the new bundle after `systemctl reload` (SIGHUP) or a restart")
+        return 0
     preset = DETECTOR_PRESETS[args.detector] if args.detector else (args.preset or DEFAULT_PRESET)
     result = calibrate(blocks, args.model or default_model(), out, preset=preset,
                        false_alarms_per_day=args.false_alarms_per_day, machine=machine, report_dir=args.report_dir,

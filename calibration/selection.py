@@ -16,7 +16,7 @@ faulted copies (at most `max_fault_clips` windows of about 10 s) go through the 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 from humwatch.agent.contract import WINDOW_PATCHES, WINDOW_SAMPLES, FrontEndParams
 from humwatch.agent.errors import ConfigError
-from humwatch.agent.model.bundle import DetectorEntry
+from humwatch.agent.model.bundle import DetectorEntry, TimingEntry
 from humwatch.agent.model.pipeline import add_timing, fuse, limit, standardise, window_readings
 from humwatch.agent.model.scorers import window_mean
 from humwatch.agent.model.timing import DEFAULT_GATE, Profiles, TimingModel, fit_timing, window_ends, window_profiles
@@ -43,30 +43,26 @@ from humwatch.calibration.threshold import (
     choose_threshold,
     heldout_mask,
 )
+from humwatch.calibration.window_knn import PRESET as WINDOW_KNN
 
 log = logging.getLogger(__name__)
 
-# The documented default, from the measurements in benchmarks/RESULTS.md (section "Detection quality and per-machine
-# selection", fifth round): the paper's GMM-80 on the CNN features and two log-Mel GMMs, one on the spectrum and one
-# on its dynamics, each standardised, averaged per window, the dynamics read two-sided. A clogged pump or a leak's
-# steady hiss sounds steadier than normal, which a likelihood calls more normal than normal; read per window (not per
-# patch) the distance from the normal centre is not drowned by the patches' own spread. It keeps the CNN's ear for
-# whines that the log-Mel GMMs alone miss. Another candidate replaces it only when it catches clearly
-# more synthetic faults at its own threshold: a share larger by DEFAULT_MARGIN and at least DEFAULT_RATIO times the
-# default's. A lead of a few of the 30 faulted windows is noise and switching on it measured worse than keeping the
-# default; a default that catches (almost) nothing at its operating point is blind on this machine.
+# What the "auto" preset keeps unless another patch candidate catches clearly more synthetic faults at its own
+# threshold: a share larger by DEFAULT_MARGIN and at least DEFAULT_RATIO times the default's. A lead of a few of
+# the 30 faulted windows is noise. Synthetic faults do not predict real ones (docs/quality.md): "auto" is opt-in.
 DEFAULT_CANDIDATE = "fusion-timing"
 TIMING_FILE = "timing.npz"
 DEFAULT_MARGIN = 0.05
 DEFAULT_RATIO = 2.0
-# `humwatch calibrate --preset NAME`: "auto" chooses among every candidate; a candidate's name fits that one alone
-# ("paper" is the reproducible configuration of Müller et al. 2020).
-PRESETS = {"auto": tuple(CANDIDATES), **{name: (name,) for name in CANDIDATES}}
+# `humwatch calibrate --preset NAME`: the default, window-knn, is the window-level pipeline of
+# calibration.window_knn (no patch candidates); "auto" chooses among every patch candidate by synthetic faults; a
+# candidate's name fits that one alone ("paper" is the reproducible configuration of Müller et al. 2020).
+PRESETS = {WINDOW_KNN: (), "auto": tuple(CANDIDATES), **{name: (name,) for name in CANDIDATES}}
 
 
 def preset_uses_cnn(preset: str) -> bool:
-    """Whether any candidate of the preset needs the CNN features (the log-Mel presets do not)."""
-    return any(CANDIDATES[name].uses_cnn() for name in PRESETS[preset])
+    """Whether the preset needs the CNN features (the log-Mel presets do not)."""
+    return preset == WINDOW_KNN or any(CANDIDATES[name].uses_cnn() for name in PRESETS[preset])
 
 
 # Faulted windows per calibration: every fault of the default grid (5 kinds x 3 strengths) twice.
@@ -148,12 +144,11 @@ class Selection:
     def fusion(self) -> str:
         return self.chosen.fusion
 
-    def manifest_fields(self) -> dict:
-        """The bundle manifest's `detectors`, `fusion` and `patch_score_cap` for the chosen candidate
-        (agent.model.bundle)."""
-        timing = {"file": TIMING_FILE, "gate": DEFAULT_GATE} if self.chosen.timing else None
+    def spec_fields(self) -> dict:
+        """The chosen candidate's part of the bundle's PipelineSpec: detectors, fusion, cap and timing."""
+        timing = TimingEntry(TIMING_FILE, DEFAULT_GATE) if self.chosen.timing else None
         return {"fusion": self.fusion, "patch_score_cap": self.chosen.patch_score_cap,
-                "detectors": [asdict(self.entries[p]) for p in self.chosen.parts], "timing": timing}
+                "detectors": tuple(self.entries[p] for p in self.chosen.parts), "timing": timing}
 
     def fill(self, directory: Path) -> None:
         """Save the chosen candidate's detector files into a bundle directory (the `fill` of write_bundle)."""

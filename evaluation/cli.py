@@ -82,8 +82,7 @@ def build_methods(args: argparse.Namespace) -> list[Method]:
             raise ConfigError(f"{model}: model file not found")
         source = cnn_source(model, params, channel, args.threads)
         methods += [DetectorMethod(source, kind) for kind in detectors]
-        methods += [PresetMethod(source, patch_db_source(channel), params, channel, preset)
-                    for preset in presets]
+        methods += [PresetMethod(model, channel, preset) for preset in presets]
         if "knn" in peers:
             from humwatch.evaluation.knn import PatchKnn
             methods.append(PatchKnn(source))

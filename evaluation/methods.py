@@ -11,6 +11,7 @@ import tempfile
 
 import numpy as np
 
+from humwatch.agent.signal.audio import read_wav
 from humwatch.evaluation.cache import FeatureCache
 from humwatch.evaluation.features import FeatureSource
 
@@ -49,32 +50,34 @@ class FeatureMethod(Method):
 
 
 class PresetMethod(Method):
-    """A `humwatch calibrate` preset ("auto", "paper", or any candidate) fitted as calibrate fits it: one training
-    clip in four held out for score standardisation and, for "auto", for the synthetic faults that choose the
-    pipeline. Clip score = mean of the fused patch scores, as the agent pools a window."""
+    """A `humwatch calibrate` preset, fitted and judged exactly as a user would: `calibrate` on the training clips
+    (its own split, threshold and bundle), then each test clip through the agent's streaming pipeline. A clip's
+    score is its highest window score, what the agent alarms on; `threshold` is calibrate's alarm threshold for one
+    false alarm a week."""
 
-    def __init__(self, cnn: FeatureSource, db: FeatureSource, params, channel, preset: str) -> None:
-        self.source, self.db, self.params, self.channel, self.preset = cnn, db, params, channel, preset
-        self.extractor = cnn.extractor  # also embeds the faulted copies of held-out clips
-        self.name = f"{cnn.name} + {preset}"
-        self.selection = None
-
-    def _features(self, path: pathlib.Path, cache: FeatureCache) -> tuple[np.ndarray, np.ndarray]:
-        return cache.get(path, self.db.description, self.db.compute), cache.get(path, self.source.description,
-                                                                                self.source.compute)
+    def __init__(self, model: pathlib.Path, channel: int | str, preset: str) -> None:
+        self.model, self.channel, self.preset = model, channel, preset
+        self.name = f"{model.name} + {preset}"
+        self.threshold: float | None = None
+        self._scratch = tempfile.TemporaryDirectory(prefix="humwatch-evaluate-")
+        self._pipeline = None
 
     def fit_paths(self, paths: list[pathlib.Path], cache: FeatureCache, seed: int) -> None:
-        from humwatch.calibration.selection import PRESETS, choose_from_files
+        from humwatch.agent.model.bundle import Bundle
+        from humwatch.agent.model.pipeline import Pipeline
+        from humwatch.calibration.calibrate import calibrate
+        from humwatch.calibration.collect import split_blocks
 
-        self.selection = choose_from_files(paths, self.extractor.sha256, self.extractor, self.params, self.channel,
-                                           clip_features=lambda p: self._features(p, cache),
-                                           candidates=PRESETS[self.preset], seed=seed)
+        blocks = [b for p in paths for b in split_blocks(str(p), read_wav(p, self.channel))]
+        bundle = pathlib.Path(self._scratch.name) / f"seed-{seed}"
+        result = calibrate(blocks, self.model, bundle, preset=self.preset, report=False)
+        self.threshold = result.threshold.high
+        self._pipeline = Pipeline(Bundle.load(bundle))
 
     def score_paths(self, paths: list[pathlib.Path], cache: FeatureCache) -> np.ndarray:
-        from humwatch.calibration.selection import cached_clip
+        from humwatch.agent.service.score import score_file
 
-        return np.array([self.selection.clip_score(cached_clip(p, self.channel, self._features(p, cache)))
-                         for p in paths])
+        return np.array([score_file(self._pipeline, p, self.channel)["max_window_score"] for p in paths])
 
 
 class DetectorMethod(FeatureMethod):

@@ -52,7 +52,7 @@ def run_official(sections: list[Section], methods: list[Method], seeds: list[int
         seconds = sum(wav_seconds(p) for p in train_paths)
         progress(f"{section.name}: fitting on {len(train)} training clips ({seconds / 60:.1f} min; "
                  f"{sum(c.domain == 'target' for c in train)} target domain), scoring {len(test_paths)} test clips")
-        for source in {m.source.name: m.source for m in methods}.values():
+        for source in {m.source.name: m.source for m in methods if getattr(m, "source", None)}.values():
             t0 = time.monotonic()
             source.clips(train_paths + test_paths, cache)
             progress(f"{section.name}: {source.name} features ready ({time.monotonic() - t0:.0f} s)")

@@ -40,7 +40,8 @@ def run_protocol(machines: list[MachineClips], methods: list[Method], seeds: lis
     results = []
     steps, step, started = len(machines) * len(seeds) * len(methods), 0, time.monotonic()
     for machine in machines:
-        for source in {m.source.name: m.source for m in methods}.values():
+        # Cached features first (a preset runs calibrate on the audio itself, as a user would: no source)
+        for source in {m.source.name: m.source for m in methods if getattr(m, "source", None)}.values():
             t0 = time.monotonic()
             source.clips(machine.normal + machine.abnormal, cache)
             progress(f"{machine.name}: {source.name} features of {len(machine.normal) + len(machine.abnormal)} "

@@ -20,11 +20,13 @@ from typing import Callable
 from humwatch.agent.contract import SCHEMA_VERSION, WINDOW_PATCHES, FrontEndParams
 from humwatch.agent.durable import fsync_directory
 from humwatch.agent.errors import ModelError
+from humwatch.agent.model.scorers import WINDOW_KINDS
 from humwatch.agent.signal.frames import FRAME_SOURCES
 
 MANIFEST = "bundle.json"
 EXTRACTOR_FILE = "extractor.tflite"
-FEATURE_SOURCES = ("cnn", *FRAME_SOURCES)
+MODULATION = "logmel-modulation"  # agent.signal.modulation, one row per patch
+FEATURE_SOURCES = ("cnn", *FRAME_SOURCES, MODULATION)
 FUSIONS = ("mean", "max")
 KEEP_VERSIONS = 3
 
@@ -46,6 +48,11 @@ class DetectorEntry:
     # (calibration.candidates.PARTS): the file's stem, "-2s" added for a two-sided reading.
     name: str = ""
 
+    @property
+    def window_level(self) -> bool:
+        """Read on a window's mean features (nearest normal window), not as a mean of patch scores."""
+        return self.kind in WINDOW_KINDS
+
     def __post_init__(self) -> None:
         if not self.name:
             two_sided = "-2s" if self.window_centre is not None else ""
@@ -63,31 +70,88 @@ class TimingEntry:
 
 
 @dataclass(frozen=True)
+class PipelineSpec:
+    """What a bundle means: how the agent turns sound into a window score, and when that score alarms.
+
+    Calibration builds one and writes `to_json()` into bundle.json; the agent reads it back with `from_json`, the one
+    validator of a bundle's meaning, so the writer and the reader cannot disagree. Fields: the front end, the
+    detectors with their standardisation, how their readings are fused, the cap on patch scores, the window length,
+    the timing detector (opt-in presets), the thresholds and the feature extractor's sha256.
+    """
+
+    frontend: FrontEndParams
+    detectors: tuple[DetectorEntry, ...]
+    threshold_high: float
+    threshold_low: float
+    fusion: str = "mean"
+    patch_score_cap: float | None = None  # each patch-level detector's standardised score is limited to this
+    window_patches: int = WINDOW_PATCHES
+    extractor_sha256: str | None = None
+    timing: TimingEntry | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "frontend": self.frontend.to_dict(),
+            "detectors": [_entry_json(e) for e in self.detectors],
+            "fusion": self.fusion,
+            "patch_score_cap": self.patch_score_cap,
+            "window_patches": self.window_patches,
+            "threshold": {"high": self.threshold_high, "low": self.threshold_low},
+            "extractor": {"sha256": self.extractor_sha256} if self.extractor_sha256 else None,
+            "timing": {"file": self.timing.file, "gate": self.timing.gate} if self.timing else None,
+        }
+
+    @classmethod
+    def from_json(cls, m: dict, where: pathlib.Path | str) -> "PipelineSpec":
+        """The spec in a bundle.json; every problem is a ModelError naming `where` and the field."""
+        try:
+            frontend = FrontEndParams.from_dict(_field(m, where, "frontend", dict))
+        except ValueError as exc:
+            raise ModelError(f"{where}: {exc}") from None
+        high, low = _thresholds(m, where)
+        entries = _entries(_field(m, where, "detectors", list), where)
+        extractor = m.get("extractor")
+        extractor_sha = extractor.get("sha256") if isinstance(extractor, dict) else None
+        if any(e.feature_source == "cnn" for e in entries) and not isinstance(extractor_sha, str):
+            raise ModelError(f"{where}: a CNN detector needs extractor.sha256")
+        fusion = _field(m, where, "fusion", str, "mean")
+        if fusion not in FUSIONS:
+            raise ModelError(f"{where}: fusion {fusion!r} is not one of {FUSIONS}")
+        cap = m.get("patch_score_cap")
+        if cap is not None and not (_is_number(cap) and cap > 0):
+            raise ModelError(f"{where}: patch_score_cap must be a positive number or null")
+        window = _field(m, where, "window_patches", int, WINDOW_PATCHES)
+        if window < 1:
+            raise ModelError(f"{where}: window_patches must be at least 1")
+        timing = _timing_entry(m.get("timing"), where, entries)
+        if timing is not None and window != WINDOW_PATCHES:
+            raise ModelError(f"{where}: the timing detector reads windows of {WINDOW_PATCHES} patches, not {window}")
+        return cls(frontend=frontend, detectors=tuple(entries), threshold_high=high, threshold_low=low,
+                   fusion=fusion, patch_score_cap=None if cap is None else float(cap), window_patches=window,
+                   extractor_sha256=extractor_sha, timing=timing)
+
+
+@dataclass(frozen=True)
 class Bundle:
+    """A bundle version on disk: where it is, which calibration made it, and its spec."""
+
     path: pathlib.Path  # the resolved version directory
     id: str
     machine: str
-    frontend: FrontEndParams
-    detectors: tuple[DetectorEntry, ...]
-    fusion: str
-    patch_score_cap: float | None  # each detector's standardised patch score is limited to this before fusion
-    window_patches: int
-    threshold_high: float
-    threshold_low: float
-    extractor_sha256: str | None
-    manifest: dict
-    timing: TimingEntry | None = None
+    spec: PipelineSpec
+    manifest: dict  # all of bundle.json, calibration statistics included
 
     @property
     def extractor_path(self) -> pathlib.Path | None:
-        return self.path / EXTRACTOR_FILE if self.extractor_sha256 else None
+        return self.path / EXTRACTOR_FILE if self.spec.extractor_sha256 else None
 
     @property
     def model_ids(self) -> dict:
         """Short identifiers an alarm carries so a subscriber knows which model judged."""
-        return {"bundle": self.id, "extractor": (self.extractor_sha256 or "none")[:12],
+        spec = self.spec
+        return {"bundle": self.id, "extractor": (spec.extractor_sha256 or "none")[:12],
                 "detectors": [d.kind + ("" if d.feature_source == "cnn" else f"@{d.feature_source}")
-                              for d in self.detectors] + ([TIMING_NAME] if self.timing else [])}
+                              for d in spec.detectors] + ([TIMING_NAME] if spec.timing else [])}
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Bundle":
@@ -102,75 +166,82 @@ class Bundle:
             raise ModelError(f"{manifest_path}: missing; {root} is not a calibrated bundle") from None
         except (OSError, ValueError) as exc:
             raise ModelError(f"{manifest_path}: not readable JSON ({exc})") from None
-        return cls._from_manifest(root.resolve(), manifest_path, manifest)
+        if not isinstance(manifest, dict):
+            raise ModelError(f"{manifest_path}: not a JSON object")
+        _check_schema(manifest, manifest_path)
+        return cls(path=root.resolve(), id=_field(manifest, manifest_path, "id", str),
+                   machine=_field(manifest, manifest_path, "machine", str, ""),
+                   spec=PipelineSpec.from_json(manifest, manifest_path), manifest=manifest)
 
-    @classmethod
-    def _from_manifest(cls, root: pathlib.Path, where: pathlib.Path, m: dict) -> "Bundle":
-        def field(name: str, kind: type | tuple, default=...):
-            value = m.get(name, default)
-            if value is ... or not isinstance(value, kind):
-                raise ModelError(f"{where}: field {name!r} is missing or not {_kind_name(kind)}")
-            return value
 
-        if m.get("schema_version") != SCHEMA_VERSION:
-            raise ModelError(f"{where}: schema_version {m.get('schema_version')!r} is not {SCHEMA_VERSION}; "
-                             "recalibrate with this humwatch")
-        try:
-            frontend = FrontEndParams.from_dict(field("frontend", dict))
-        except ValueError as exc:
-            raise ModelError(f"{where}: {exc}") from None
-        threshold = field("threshold", dict)
-        high, low = threshold.get("high"), threshold.get("low")
-        if not all(isinstance(v, (int, float)) for v in (high, low)) or not low <= high:
-            raise ModelError(f"{where}: threshold.high and threshold.low must be numbers with low <= high")
-        entries = []
-        for i, d in enumerate(field("detectors", list)):
-            try:
-                if "two_sided_centre" in d:
-                    raise ValueError("two_sided_centre is from an earlier humwatch (read per patch); recalibrate")
-                numbers = {k: d[k] for k in _ENTRY_NUMBERS if k in d and not (k == "window_centre" and d[k] is None)}
-                bad = [f"{k} {v!r}" for k, v in numbers.items() if not (_is_number(v) and math.isfinite(v))]
-                if bad:
-                    raise ValueError(f"{', '.join(bad)} is not a finite number")
-                name = d.get("name", "")
-                plain = isinstance(name, str) and name != "" and name.isprintable() and name.strip() == name
-                if "name" in d and not plain:
-                    raise ValueError(f"name {name!r} is not a plain non-empty text")
-                entry = DetectorEntry(file=str(d["file"]), kind=str(d["kind"]), feature_source=str(d["feature_source"]),
-                                      name=name, **{k: float(v) for k, v in numbers.items()})
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ModelError(f"{where}: detectors[{i}] is malformed ({exc})") from None
-            if any(e.name == entry.name for e in entries):
-                raise ModelError(f"{where}: detectors[{i}] is named {entry.name!r} like an earlier detector (without "
-                                 "a name, a detector is named after its file)")
-            if entry.feature_source not in FEATURE_SOURCES or not entry.score_std > 0:
-                raise ModelError(f"{where}: detectors[{i}] has feature_source {entry.feature_source!r} "
-                                 f"(expected one of {FEATURE_SOURCES}) or a non-positive score_std")
-            if pathlib.PurePath(entry.file).name != entry.file:
-                raise ModelError(f"{where}: detectors[{i}].file must be a file name inside the bundle")
-            entries.append(entry)
-        if not entries:
-            raise ModelError(f"{where}: the bundle has no detector")
-        extractor = m.get("extractor")
-        extractor_sha = extractor.get("sha256") if isinstance(extractor, dict) else None
-        if any(e.feature_source == "cnn" for e in entries) and not isinstance(extractor_sha, str):
-            raise ModelError(f"{where}: a CNN detector needs extractor.sha256")
-        fusion = field("fusion", str, "mean")
-        if fusion not in FUSIONS:
-            raise ModelError(f"{where}: fusion {fusion!r} is not one of {FUSIONS}")
-        cap = m.get("patch_score_cap")
-        if cap is not None and not (_is_number(cap) and cap > 0):
-            raise ModelError(f"{where}: patch_score_cap must be a positive number or null")
-        window = field("window_patches", int, WINDOW_PATCHES)
-        if window < 1:
-            raise ModelError(f"{where}: window_patches must be at least 1")
-        timing = _timing_entry(m.get("timing"), where, entries)
-        if timing is not None and window != WINDOW_PATCHES:
-            raise ModelError(f"{where}: the timing detector reads windows of {WINDOW_PATCHES} patches, not {window}")
-        return cls(path=root, id=field("id", str), machine=field("machine", str, ""), frontend=frontend,
-                   detectors=tuple(entries), fusion=fusion, patch_score_cap=None if cap is None else float(cap),
-                   window_patches=window, threshold_high=float(high), threshold_low=float(low),
-                   extractor_sha256=extractor_sha, manifest=m, timing=timing)
+def _check_schema(m: dict, where: pathlib.Path) -> None:
+    if m.get("schema_version") != SCHEMA_VERSION:
+        raise ModelError(f"{where}: schema_version {m.get('schema_version')!r} is not {SCHEMA_VERSION}; "
+                         "recalibrate with this humwatch")
+
+
+def _field(m: dict, where: pathlib.Path | str, name: str, kind: type | tuple, default=...):
+    value = m.get(name, default)
+    if value is ... or not isinstance(value, kind):
+        raise ModelError(f"{where}: field {name!r} is missing or not {_kind_name(kind)}")
+    return value
+
+
+def _thresholds(m: dict, where: pathlib.Path | str) -> tuple[float, float]:
+    threshold = _field(m, where, "threshold", dict)
+    high, low = threshold.get("high"), threshold.get("low")
+    if not all(_is_number(v) and math.isfinite(v) for v in (high, low)) or not low <= high:
+        raise ModelError(f"{where}: threshold.high and threshold.low must be numbers with low <= high")
+    return float(high), float(low)
+
+
+def _entries(items: list, where: pathlib.Path | str) -> list[DetectorEntry]:
+    entries: list[DetectorEntry] = []
+    for i, d in enumerate(items):
+        entry = _entry(d, f"{where}: detectors[{i}]")
+        if any(e.name == entry.name for e in entries):
+            raise ModelError(f"{where}: detectors[{i}] is named {entry.name!r} like an earlier detector (without "
+                             "a name, a detector is named after its file)")
+        entries.append(entry)
+    if not entries:
+        raise ModelError(f"{where}: the bundle has no detector")
+    return entries
+
+
+def _entry(d, where: str) -> DetectorEntry:
+    try:
+        if not isinstance(d, dict):
+            raise TypeError("not an object")
+        if "two_sided_centre" in d:
+            raise ValueError("two_sided_centre is from an earlier humwatch (read per patch); recalibrate")
+        numbers = {k: d[k] for k in _ENTRY_NUMBERS if k in d and not (k == "window_centre" and d[k] is None)}
+        bad = [f"{k} {v!r}" for k, v in numbers.items() if not (_is_number(v) and math.isfinite(v))]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} is not a finite number")
+        name = d.get("name", "")
+        plain = isinstance(name, str) and name != "" and name.isprintable() and name.strip() == name
+        if "name" in d and not plain:
+            raise ValueError(f"name {name!r} is not a plain non-empty text")
+        entry = DetectorEntry(file=str(d["file"]), kind=str(d["kind"]), feature_source=str(d["feature_source"]),
+                              name=name, **{k: float(v) for k, v in numbers.items()})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{where} is malformed ({exc})") from None
+    if entry.feature_source not in FEATURE_SOURCES or not entry.score_std > 0:
+        raise ModelError(f"{where} has feature_source {entry.feature_source!r} "
+                         f"(expected one of {FEATURE_SOURCES}) or a non-positive score_std")
+    if entry.window_level and entry.window_centre is not None:
+        raise ModelError(f"{where} is a window-level {entry.kind} detector and has no window_centre")
+    if pathlib.PurePath(entry.file).name != entry.file:
+        raise ModelError(f"{where}.file must be a file name inside the bundle")
+    return entry
+
+
+def _entry_json(entry: DetectorEntry) -> dict:
+    data = {"file": entry.file, "kind": entry.kind, "feature_source": entry.feature_source,
+            "score_mean": entry.score_mean, "score_std": entry.score_std, "name": entry.name}
+    if entry.window_centre is not None:
+        data["window_centre"] = entry.window_centre
+    return data
 
 
 _ENTRY_NUMBERS = ("score_mean", "score_std", "window_centre")
@@ -203,12 +274,16 @@ def _kind_name(kind) -> str:
                        for k in kinds)
 
 
-def write_bundle(link: str | os.PathLike, manifest: dict, fill: Callable[[pathlib.Path], None],
-                 extractor: str | os.PathLike | None = None) -> pathlib.Path:
+def write_bundle(link: str | os.PathLike, spec: PipelineSpec, details: dict, fill: Callable[[pathlib.Path], None],
+                 extractor: str | os.PathLike | None = None,
+                 known_answer: Callable[["Bundle"], dict] | None = None) -> pathlib.Path:
     """Write a new bundle version and make `link` point at it; the version in use until now stays for rollback.
 
-    `fill(directory)` saves the detector files named in the manifest. The manifest gets its id, schema version,
-    creation time and the previous version's id here. Returns the new version directory.
+    bundle.json holds `spec.to_json()` and the `details` beside it (machine, calibration statistics; a `threshold` or
+    `extractor` object in `details` adds its fields to the spec's). `fill(directory)` saves the detector files the
+    spec names. `known_answer(bundle)` computes, on the complete new version, what the agent must reproduce at start
+    (stored as `known_answer`). The id, schema version, creation time and the previous version's id are added
+    here. Returns the new version directory.
     """
     link = pathlib.Path(link)
     versions = versions_dir(link)
@@ -224,12 +299,15 @@ def write_bundle(link: str | os.PathLike, manifest: dict, fill: Callable[[pathli
             for suffix in ("", ".json"):
                 shutil.copyfile(f"{os.fspath(extractor)}{suffix}", staging / f"{EXTRACTOR_FILE}{suffix}")
         fill(staging)
+        if known_answer is not None:
+            details = {**details, "known_answer": known_answer(_staged(staging, spec, details))}
         previous = current_version(link)
-        full = {**manifest, "schema_version": SCHEMA_VERSION, "id": bundle_id,
+        full = {**details, **_merged(details, spec.to_json()), "schema_version": SCHEMA_VERSION, "id": bundle_id,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "previous": previous.name if previous else None}
         (staging / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
-        Bundle._from_manifest(staging, staging / MANIFEST, full)  # never publish a bundle the agent would refuse
+        if PipelineSpec.from_json(full, staging / MANIFEST) != spec:  # never publish what the agent reads otherwise
+            raise ModelError(f"{staging / MANIFEST}: the written spec does not read back as written")
         for item in staging.iterdir():
             _fsync_file(item)
         final = versions / bundle_id
@@ -241,6 +319,19 @@ def write_bundle(link: str | os.PathLike, manifest: dict, fill: Callable[[pathli
     _point(link, final)
     _prune(versions, keep={final.name, previous.name if previous else ""})
     return final
+
+
+def _staged(staging: pathlib.Path, spec: PipelineSpec, details: dict) -> Bundle:
+    return Bundle(path=staging, id=staging.name, machine=str(details.get("machine", "")), spec=spec, manifest={})
+
+
+def _merged(details: dict, spec_json: dict) -> dict:
+    """The spec's JSON, its threshold and extractor objects completed by the details' (fit statistics, model name)."""
+    merged = dict(spec_json)
+    for key in ("threshold", "extractor"):
+        if isinstance(details.get(key), dict) and isinstance(spec_json.get(key), dict):
+            merged[key] = {**details[key], **spec_json[key]}
+    return merged
 
 
 def rollback(link: str | os.PathLike) -> pathlib.Path:

@@ -11,15 +11,22 @@ import numpy as np
 
 from humwatch.agent.contract import SAMPLE_RATE, logmel_extractor_sha256
 from humwatch.agent.errors import ModelError
-from humwatch.agent.model.bundle import TIMING_NAME, Bundle, DetectorEntry
+from humwatch.agent.model.bundle import MODULATION, TIMING_NAME, Bundle, DetectorEntry
 from humwatch.agent.model.scorers import Detector, load_detector
 from humwatch.agent.model.timing import StreamProfiles, TimingModel
-from humwatch.agent.signal.frames import frame_dim, frame_patch_scores
+from humwatch.agent.signal.frames import FRAME_SOURCES, frame_dim, frame_patch_scores
 from humwatch.agent.signal.frontend import FrontEnd, PatchBatch
+from humwatch.agent.signal.modulation import MODULATION_DIM, modulation_spectrum
 
 
 class PatchScorer:
-    """Scores patches with a bundle's detectors: one standardised score per detector (fused per window)."""
+    """Turns patches into the rows a bundle's windows are averaged over, one block of columns per detector.
+
+    A patch-level detector (GMM, OC-SVM) gives one column: its standardised patch score, limited to the bundle's
+    cap. A window-level detector (nearest normal window) gives its transformed features (standardised or
+    projected): a window's mean of them is what it measures against its bank. Both are means over the window's
+    patches, so the stream and a recording share one definition of a window.
+    """
 
     def __init__(self, bundle: Bundle, num_threads: int = 1) -> None:
         self.bundle = bundle
@@ -28,37 +35,69 @@ class PatchScorer:
             from humwatch.agent.model.extractor import Extractor  # loads the TFLite runtime only when a CNN is used
 
             self.extractor = Extractor(bundle.extractor_path, num_threads=num_threads)
-            if self.extractor.sha256 != bundle.extractor_sha256:
+            if self.extractor.sha256 != bundle.spec.extractor_sha256:
                 raise ModelError(f"{bundle.extractor_path}: sha256 {self.extractor.sha256[:12]} is not the extractor "
-                                 f"the bundle was calibrated with ({bundle.extractor_sha256[:12]}); recalibrate or "
+                                 f"the bundle was calibrated with ({bundle.spec.extractor_sha256[:12]}); recalibrate or "
                                  "restore the model")
         # Entries reading one detector file (its two readings) share one loaded detector and one scoring per batch.
         self.detectors: dict[str, Detector] = {file: self._load(e)
-                                               for file, e in {e.file: e for e in bundle.detectors}.items()}
+                                               for file, e in {e.file: e for e in bundle.spec.detectors}.items()}
+        widths = [self.detectors[e.file].model_dim if e.window_level else 1 for e in bundle.spec.detectors]
+        edges = np.cumsum([0, *widths])
+        self.columns = [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
     def _load(self, entry: DetectorEntry) -> Detector:
         """A bundle's detector, refused at start unless it was fitted on the features the bundle says it scores."""
         cnn = entry.feature_source == "cnn"
         detector = load_detector(self.bundle.path / entry.file,
-                                 extractor_sha256=self.bundle.extractor_sha256 if cnn else logmel_extractor_sha256())
-        dim = self.extractor.feature_dim if cnn else frame_dim(entry.feature_source)
+                                 extractor_sha256=self.bundle.spec.extractor_sha256 if cnn else logmel_extractor_sha256())
+        dim = self.extractor.feature_dim if cnn else source_dim(entry.feature_source)
         if (detector.feature_source, detector.feature_dim) != (entry.feature_source, dim):
             raise ModelError(f"{detector.path}: fitted on {detector.feature_dim}-d {detector.feature_source} "
                              f"features, but the bundle scores it on {dim}-d {entry.feature_source}; recalibrate")
+        if detector.window_level != entry.window_level:
+            raise ModelError(f"{detector.path}: a {detector.kind} detector cannot be read at the "
+                             f"{'window' if entry.window_level else 'patch'} level; recalibrate")
         return detector
 
     def score(self, batch: PatchBatch) -> np.ndarray:
-        """Each detector's standardised patch scores, (patches, detectors), each limited to the bundle's cap."""
-        entries = self.bundle.detectors
+        """(patches, columns): each detector's block of columns for every patch."""
+        entries = self.bundle.spec.detectors
         if len(batch) == 0:
-            return np.empty((0, len(entries)))
-        raw = {file: self._raw_scores(detector, batch) for file, detector in self.detectors.items()}
-        return limit(np.stack([standardise(raw[e.file], e) for e in entries], axis=1), self.bundle.patch_score_cap)
+            return np.empty((0, self.columns[-1].stop))
+        features: dict[str, np.ndarray] = {}
+        blocks: dict[str, np.ndarray] = {}
+        for file, detector in self.detectors.items():
+            source = detector.feature_source
+            if source not in features and source not in FRAME_SOURCES:
+                features[source] = (self.extractor.embed(batch.images) if source == "cnn"
+                                    else modulation_spectrum(batch.db))
+            if detector.window_level:
+                blocks[file] = detector.transform(features[source])
+            elif source in FRAME_SOURCES:
+                blocks[file] = frame_patch_scores(detector.score, source, batch.db)
+            else:
+                blocks[file] = detector.score(features[source])
+        cap = self.bundle.spec.patch_score_cap
+        return np.concatenate([blocks[e.file] if e.window_level else limit(standardise(blocks[e.file], e), cap)[:, None]
+                               for e in entries], axis=1)
 
-    def _raw_scores(self, detector: Detector, batch: PatchBatch) -> np.ndarray:
-        if detector.feature_source == "cnn":
-            return detector.score(self.extractor.embed(batch.images))
-        return frame_patch_scores(detector.score, detector.feature_source, batch.db)
+    def read(self, window_means: np.ndarray) -> np.ndarray:
+        """Each detector's reading of windows (windows, detectors), in its normal standard deviations, from the
+        windows' mean rows (windows, columns)."""
+        readings = []
+        for entry, columns in zip(self.bundle.spec.detectors, self.columns):
+            means = window_means[:, columns]
+            if entry.window_level:
+                readings.append(standardise(self.detectors[entry.file].scorer.score(means), entry))
+            else:
+                readings.append(window_readings(means, [entry])[:, 0])
+        return np.stack(readings, axis=1)
+
+
+def source_dim(source: str) -> int:
+    """Values per patch (or per frame row) of a non-CNN feature source."""
+    return MODULATION_DIM if source == MODULATION else frame_dim(source)
 
 
 def standardise(raw: np.ndarray, entry: DetectorEntry) -> np.ndarray:
@@ -83,7 +122,7 @@ def window_reading(window_means: np.ndarray, entry: DetectorEntry) -> np.ndarray
 
 
 def window_readings(window_means: np.ndarray, entries: Sequence[DetectorEntry]) -> np.ndarray:
-    """Each detector's reading of each window, (windows, detectors), from its window means of the same shape."""
+    """Patch-level detectors' readings of windows (windows, detectors), from their window means of the same shape."""
     return np.stack([window_reading(window_means[:, j], entry) for j, entry in enumerate(entries)], axis=1)
 
 
@@ -113,10 +152,10 @@ class Pipeline:
     def __init__(self, bundle: Bundle, num_threads: int = 1, scorer: PatchScorer | None = None) -> None:
         self.bundle = bundle
         self.scorer = scorer or PatchScorer(bundle, num_threads)
-        self.front_end = FrontEnd(bundle.frontend)
-        self._window: deque[np.ndarray] = deque(maxlen=bundle.window_patches)  # per-detector patch scores
-        self._names = [entry.name for entry in bundle.detectors]
-        self.timing = TimingModel.load(bundle.path / bundle.timing.file) if bundle.timing else None
+        self.front_end = FrontEnd(bundle.spec.frontend)
+        self._window: deque[np.ndarray] = deque(maxlen=bundle.spec.window_patches)  # the PatchScorer's rows
+        self._names = [entry.name for entry in bundle.spec.detectors]
+        self.timing = TimingModel.load(bundle.path / bundle.spec.timing.file) if bundle.spec.timing else None
         self.timing_profiles = StreamProfiles()
 
     def reset(self) -> None:
@@ -136,12 +175,57 @@ class Pipeline:
             if len(self._window) < self._window.maxlen:
                 results.append(PatchScore(time=seconds, window_score=None))
                 continue
-            readings = window_readings(np.mean(self._window, axis=0)[None], self.bundle.detectors)
-            score = fuse(readings, self.bundle.fusion)
+            readings = self.scorer.read(np.mean(self._window, axis=0)[None])
+            score = fuse(readings, self.bundle.spec.fusion)
             named = dict(zip(self._names, readings[0].tolist()))
             if profile is not None:
                 timing = self.timing.score(profile)
-                score = add_timing(score, timing, self.bundle.timing.gate)
+                score = add_timing(score, timing, self.bundle.spec.timing.gate)
                 named[TIMING_NAME] = float(timing[0])
             results.append(PatchScore(time=seconds, window_score=float(score[0]), readings=named))
         return results
+
+
+# The reference sound every bundle is checked with: 12 s, seeded, the same samples on every machine (numpy's PCG64).
+REFERENCE_SECONDS = 12.0
+REFERENCE_SEED = 20261205
+# Largest difference, in normal standard deviations, between the window scores calibration recorded for the
+# reference sound and what this runtime computes. int8 kernels of different runtimes and CPUs may round a step
+# differently; a broken runtime, delegate or model moves scores by whole standard deviations.
+KNOWN_ANSWER_TOLERANCE = 0.05
+
+
+def reference_sound() -> np.ndarray:
+    """Machine-like test sound: broadband noise, a pulsing 440 Hz hum with harmonics and a 3 Hz tick train."""
+    rng = np.random.default_rng(REFERENCE_SEED)
+    t = np.arange(int(REFERENCE_SECONDS * SAMPLE_RATE)) / SAMPLE_RATE
+    hum = sum(np.sin(2 * np.pi * 440 * k * t) / k for k in (1, 2, 3)) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    ticks = (np.sin(2 * np.pi * 3 * t) > 0.99) * rng.standard_normal(len(t))
+    return (0.02 * rng.standard_normal(len(t)) + 0.05 * hum + 0.1 * ticks).astype(np.float32)
+
+
+def reference_scores(pipeline: "Pipeline") -> list[float]:
+    """The pipeline's window scores of the reference sound (the pipeline is reset before and after)."""
+    pipeline.reset()
+    scores = [r.window_score for r in pipeline.push(reference_sound()) if r.window_score is not None]
+    pipeline.reset()
+    return [float(s) for s in scores]
+
+
+def check_known_answer(pipeline: "Pipeline") -> None:
+    """Refuse (ModelError) a runtime that scores the reference sound otherwise than calibration did."""
+    bundle = pipeline.bundle
+    recorded = bundle.manifest.get("known_answer")
+    if recorded is None:
+        return  # a bundle from before known answers: nothing to compare with
+    expected = np.asarray(recorded.get("window_scores", []), dtype=np.float64)
+    got = np.asarray(reference_scores(pipeline))
+    if expected.shape != got.shape:
+        raise ModelError(f"{bundle.path}: known answer holds {expected.size} window scores, this humwatch computes "
+                         f"{got.size}; recalibrate")
+    difference = float(np.max(np.abs(got - expected))) if got.size else 0.0
+    if not difference <= KNOWN_ANSWER_TOLERANCE:
+        raise ModelError(f"{bundle.path}: this runtime scores the reference sound {difference:.3g} normal standard "
+                         f"deviations away from what calibration recorded (tolerance {KNOWN_ANSWER_TOLERANCE}): the "
+                         "model, the TFLite runtime or the CPU computes something else; check the install "
+                         "(tflite-runtime/ai-edge-litert version, delegate) or recalibrate on this board")

@@ -117,6 +117,36 @@ class OneClassSvmScorer:
         return -(np.exp(-self.gamma * squared) @ self.dual_coef + self.intercept)
 
 
+class NearestWindowScorer:
+    """Distance to the nearest normal window of the calibration bank (k = 1), for window-level detectors: the input
+    is a window's mean of transformed patch features. `bank_groups` (which calibration block each bank window came
+    from) and `bank_stride` let calibration recompute leave-one-block-out scores when normal sound is added; the
+    board only measures distances."""
+
+    ARRAYS = ("bank", "bank_groups", "bank_stride")
+
+    def __init__(self, arrays: DetectorArrays, dim: int):
+        bank = arrays.real("bank", (None, dim))
+        if len(bank) == 0:
+            raise arrays.fail("array 'bank' is empty")
+        self.groups = arrays.indices("bank_groups", (len(bank),))
+        self.stride = arrays.integer("bank_stride", 1)
+        self.bank = bank.astype(np.float32)
+        self.bank_norms = np.sum(bank ** 2, axis=1)
+
+    def score(self, z: np.ndarray) -> np.ndarray:
+        return nearest_distances(z, self.bank, self.bank_norms)
+
+
+def nearest_distances(z: np.ndarray, bank: np.ndarray, bank_norms: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean distance of each row of z to its nearest row of bank, by |z|² + |b|² - 2 z·b (one matrix product in
+    the bank's precision: float32 on the board, where the bank is searched once a patch)."""
+    z = np.asarray(z, dtype=bank.dtype)
+    norms = np.sum(bank.astype(np.float64) ** 2, axis=1) if bank_norms is None else bank_norms
+    squared = np.sum(z.astype(np.float64) ** 2, axis=1)[:, np.newaxis] + norms - 2.0 * (z @ bank.T)
+    return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+
+
 class KernelDensityScorer:
     """Gaussian KDE over the training points: the negative log of the mean kernel density."""
 
@@ -206,7 +236,8 @@ class IsolationForestScorer:
 
 
 KIND_SCORERS = {"gmm": MixtureScorer, "bgmm": MixtureScorer, "ocsvm": OneClassSvmScorer,
-                "kde": KernelDensityScorer, "iforest": IsolationForestScorer}
+                "kde": KernelDensityScorer, "iforest": IsolationForestScorer, "knn": NearestWindowScorer}
+WINDOW_KINDS = ("knn",)  # read on a window's mean features, not per patch (agent.model.pipeline)
 
 
 class Detector:
@@ -258,6 +289,15 @@ class Detector:
         if self.projection is None:
             return (features - self.scaler_mean) / self.scaler_scale
         return (np.asarray(features, dtype=np.float32) - self.centre) @ self.projection.T + self.offset
+
+    @property
+    def window_level(self) -> bool:
+        return self.kind in WINDOW_KINDS
+
+    @property
+    def model_dim(self) -> int:
+        """Values per row after `transform`: what a window-level detector averages over a window."""
+        return self.feature_dim if self.projection is None else len(self.projection)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Anomaly score (float64, higher = more anomalous) for each row of `features` (n, feature_dim)."""

@@ -33,7 +33,7 @@ from humwatch.agent.config import Config, load_config
 from humwatch.agent.contract import SAMPLE_RATE
 from humwatch.agent.errors import HumwatchError, ModelError
 from humwatch.agent.model.bundle import Bundle
-from humwatch.agent.model.pipeline import PatchScore, Pipeline
+from humwatch.agent.model.pipeline import PatchScore, Pipeline, check_known_answer
 from humwatch.agent.service.alarm import AlarmPolicy, ChunkStats, SensorEvent, SensorHealth
 from humwatch.agent.service.capture import AudioSource, DeviceSource, open_source
 from humwatch.agent.service.sdnotify import Notifier, watchdog_interval
@@ -53,9 +53,10 @@ def load_pipeline(config: Config) -> Pipeline:
     bundle = Bundle.load(config.model.bundle)
     pipeline = Pipeline(bundle, num_threads=config.model.threads)
     try:
-        pipeline.scorer.score(clip_patches(np.zeros(SAMPLE_RATE * 2, np.float32), bundle.frontend))
+        pipeline.scorer.score(clip_patches(np.zeros(SAMPLE_RATE * 2, np.float32), bundle.spec.frontend))
     except (ValueError, IndexError) as exc:
         raise ModelError(f"{bundle.path}: the detectors do not fit the feature extractor ({exc})") from None
+    check_known_answer(pipeline)
     return pipeline
 
 
@@ -89,7 +90,7 @@ class Analysis:
         alarm = self.config.alarm
         self.pipeline = pipeline
         self._stream_start = self._samples_in
-        self.policy = AlarmPolicy(pipeline.bundle.threshold_high, pipeline.bundle.threshold_low,
+        self.policy = AlarmPolicy(pipeline.bundle.spec.threshold_high, pipeline.bundle.spec.threshold_low,
                                   alarm.raise_after, alarm.clear_after)
         self.policy.active = active  # a raised alarm stays raised until the new model clears it
 
@@ -249,7 +250,7 @@ class Agent:
         self.pipeline = load_pipeline(config)
         bundle = self.pipeline.bundle
         log.info("machine %s: bundle %s (%s), threshold %.4g, clear %.4g", config.machine.name, bundle.id,
-                 ", ".join(bundle.model_ids["detectors"]), bundle.threshold_high, bundle.threshold_low)
+                 ", ".join(bundle.model_ids["detectors"]), bundle.spec.threshold_high, bundle.spec.threshold_low)
         self.outbox = Outbox(config.state.outbox)
         self.publisher = MqttPublisher(config.mqtt, self.outbox, config.machine.name)
         self.source = open_source(config.audio, self.stop)

@@ -18,7 +18,7 @@ import numpy as np
 from humwatch.agent.contract import SAMPLE_RATE
 from humwatch.agent.errors import AudioError
 from humwatch.agent.model.bundle import Bundle
-from humwatch.agent.model.pipeline import Pipeline
+from humwatch.agent.model.pipeline import Pipeline, check_known_answer
 from humwatch.agent.signal.audio import parse_channel, read_wav
 from humwatch.agent.transport.publish import describe_detector_scores
 
@@ -34,14 +34,14 @@ def score_file(pipeline: Pipeline, path: pathlib.Path, channel: int | str = 0) -
     scores = np.array([r.window_score for r in results])
     loudest = ({name: round(value, 6) for name, value in results[int(scores.argmax())].readings.items()}
                if results else None)
-    above = [r.time for r in results if r.window_score > bundle.threshold_high]
+    above = [r.time for r in results if r.window_score > bundle.spec.threshold_high]
     if not results:
         verdict = "too_short"
     else:
         verdict = "anomaly" if above else "normal"
     return {
         "file": str(path), "verdict": verdict, "seconds": round(len(samples) / SAMPLE_RATE, 3),
-        "threshold": bundle.threshold_high, "threshold_low": bundle.threshold_low,
+        "threshold": bundle.spec.threshold_high, "threshold_low": bundle.spec.threshold_low,
         "max_window_score": float(scores.max()) if len(scores) else None,
         "max_window_detector_scores": loudest,
         "windows": len(results), "windows_above": len(above),
@@ -78,6 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     channel = parse_channel(args.channel)
     pipeline = Pipeline(Bundle.load(args.bundle), num_threads=args.threads)
+    check_known_answer(pipeline)
     anomalous = failed = False
     for path in args.files:
         try:

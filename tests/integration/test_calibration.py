@@ -40,16 +40,13 @@ def test_the_agent_loads_the_bundle_and_scores_as_calibration_did(calibrated, no
     result, out = calibrated
     bundle = Bundle.load(out)
     assert bundle.machine == "fan1"
-    assert bundle.extractor_sha256 == (result.extractor_sha256 if result.selection.uses_cnn else None)
-    assert (bundle.threshold_high, bundle.threshold_low) == (result.threshold.high, result.threshold.low)
-    assert bundle.threshold_low < bundle.threshold_high
+    assert bundle.spec.extractor_sha256 == (result.extractor_sha256 if result.selection.uses_cnn else None)
+    assert (bundle.spec.threshold_high, bundle.spec.threshold_low) == (result.threshold.high, result.threshold.low)
+    assert bundle.spec.threshold_low < bundle.spec.threshold_high
     manifest = json.loads((out / "bundle.json").read_text())
-    assert manifest["calibration"]["fit_patches"] == 30 * 18 and manifest["calibration"]["heldout_patches"] == 10 * 18
-    # The 4th, 8th, ... clip is held out; the agent's streaming pipeline gives it the score calibration saw, up to
-    # float32 rounding (the board scores a patch at a time, calibration a clip at a time; thresholds are ~1-10).
-    pipeline = Pipeline(bundle)
-    held = [window_scores(pipeline, read_wav(normal_paths[i]))[-1] for i in range(3, CALIBRATION_CLIPS, 4)]
-    np.testing.assert_allclose(held, result.heldout_window_scores, rtol=1e-6, atol=1e-6)
+    assert manifest["calibration"]["fit_patches"] == 40 * 18  # every patch is in the bank
+    # each part is standardised on the leave-out references, so their fused scores are centred on 0
+    assert len(result.heldout_window_scores) == 40 and abs(result.heldout_window_scores.mean()) < 1e-9
 
 
 def test_normal_clips_never_heard_stay_mostly_below_the_threshold(calibrated, normal_paths):
@@ -67,17 +64,26 @@ def calibrated_paper(tmp_path_factory, normal_paths, squeezenet_int8):
     return calibrate(wav_blocks(normal_paths[:CALIBRATION_CLIPS]), squeezenet_int8, out, preset="paper"), out
 
 
+def test_a_preset_with_held_out_blocks_sets_its_threshold_on_the_agents_own_scores(calibrated_paper, normal_paths):
+    """The 4th, 8th, ... clip is held out; the agent's streaming pipeline gives it the score calibration saw, up to
+    float32 rounding (the board scores a patch at a time, calibration a clip at a time)."""
+    result, out = calibrated_paper
+    manifest = json.loads((out / "bundle.json").read_text())
+    assert manifest["calibration"]["fit_patches"] == 30 * 18 and manifest["calibration"]["heldout_patches"] == 10 * 18
+    pipeline = Pipeline(Bundle.load(out))
+    held = [window_scores(pipeline, read_wav(normal_paths[i]))[-1] for i in range(3, CALIBRATION_CLIPS, 4)]
+    np.testing.assert_allclose(held, result.heldout_window_scores, rtol=1e-6, atol=1e-6)
+
+
 def test_the_real_anomalous_clip_scores_above_the_paper_presets_threshold(calibrated_paper, dcase):
     result, out = calibrated_paper
-    assert [d.kind for d in Bundle.load(out).detectors] == ["gmm"]
+    assert [d.kind for d in Bundle.load(out).spec.detectors] == ["gmm"]
     scores = window_scores(Pipeline(Bundle.load(out)), read_wav(dcase / "test" / "anomaly_id_00_00000000.wav"))
     assert scores.max() > result.threshold.high
 
 
 def test_the_real_anomalous_clip_alarms_and_outranks_every_unheard_normal_clip_by_default(calibrated, dcase,
                                                                                           normal_paths):
-    """The default chooses the pipeline per machine by the synthetic faults it catches at its own threshold; on
-    this machine it keeps the default, `fusion-timing` (README, calibrate)."""
     result, out = calibrated
     pipeline = Pipeline(Bundle.load(out))
     anomaly = window_scores(pipeline, read_wav(dcase / "test" / "anomaly_id_00_00000000.wav")).max()
@@ -90,8 +96,10 @@ def unheard(normal_paths) -> list[np.ndarray]:
     return [read_wav(p) for p in normal_paths[CALIBRATION_CLIPS:CALIBRATION_CLIPS + 8]]
 
 
-def test_a_whine_in_unheard_normal_clips_scores_above_the_threshold(calibrated, unheard):
-    result, out = calibrated
+def test_a_whine_in_unheard_normal_clips_scores_above_the_paper_presets_threshold(calibrated_paper, unheard):
+    """A steady whine 6 dB under the machine: the CNN's patch GMM hears it; the default's window detectors do not
+    (docs/quality.md), which is why the presets stay."""
+    result, out = calibrated_paper
     pipeline = Pipeline(Bundle.load(out))
     t = np.arange(len(unheard[0])) / SAMPLE_RATE
     for clip in unheard[:4]:
@@ -103,16 +111,16 @@ def test_a_whine_in_unheard_normal_clips_scores_above_the_threshold(calibrated, 
 
 
 def test_library_faults_at_full_strength_are_often_caught_and_clean_clips_never(calibrated, unheard):
-    """calibration.faults at strength 1 (additive faults 12 dB under the machine). Band noise and speed changes
-    that keep the spectrum's shape are missed at one false alarm a week; the measured rates are in the README
-    (benchmarks/real_faults.py)."""
+    """calibration.faults at strength 1 (additive faults 12 dB under the machine) against the default. Impacts and
+    amplitude modulation change how the bands pulse, which it measures; a steady tone, band noise and speed changes
+    that keep the spectrum's shape are missed at one false alarm a week (docs/quality.md)."""
     result, out = calibrated
     pipeline = Pipeline(Bundle.load(out))
     clean = np.array([window_scores(pipeline, c)[-1] for c in unheard])
     assert np.all(clean < result.threshold.high)
     caught = {kind: np.mean([window_scores(pipeline, inject(c, Fault(kind, 1.0, seed=i)))[-1] > result.threshold.high
-                             for i, c in enumerate(unheard)]) for kind in ("tone", "impacts", "am")}
-    assert caught["tone"] >= 0.5 and np.mean(list(caught.values())) >= 0.25, caught
+                             for i, c in enumerate(unheard)]) for kind in ("impacts", "am")}
+    assert caught["impacts"] >= 0.5 and caught["am"] >= 0.5, caught
 
 
 def test_the_report_shows_scores_threshold_and_summary(calibrated):
@@ -137,11 +145,11 @@ def test_rollback_restores_the_bundle_the_last_calibration_replaced(tmp_path, ca
                      *map(str, normal_paths[28:56])])
     assert code == 0
     second = Bundle.load(link)
-    assert second.detectors[0].kind == "ocsvm" and second.id != first.id
+    assert second.spec.detectors[0].kind == "ocsvm" and second.id != first.id
     assert (tmp_path / "report" / PNG_NAME).exists()
     assert "alarm threshold" in capsys.readouterr().out
     assert humwatch(["calibrate", "--rollback", "--out", str(link)]) == 0
-    assert Bundle.load(link).id == first.id and Bundle.load(link).detectors[0].kind == "gmm"
+    assert Bundle.load(link).id == first.id and Bundle.load(link).spec.detectors[0].kind == "knn"
     assert first_dir.exists()  # other bundles are not touched
 
 
@@ -209,7 +217,7 @@ def test_a_calibration_killed_mid_write_leaves_the_previous_bundle_in_use(tmp_pa
     staged = [p for p in (tmp_path / "bundle.versions").iterdir()]
     assert staged and all(p.name.endswith(".partial") for p in staged)  # it did die while writing
     after = Bundle.load(link)
-    assert after.id == before.id and after.threshold_high == before.threshold_high
+    assert after.id == before.id and after.spec.threshold_high == before.spec.threshold_high
     assert link.resolve() == before.path
 
 
@@ -257,13 +265,13 @@ def test_recordings_named_as_anomalies_are_refused_before_anything_is_read(tmp_p
 
 
 def test_too_little_audio_is_refused_saying_how_much_is_needed(tmp_path, normal_paths, squeezenet_int8, capsys):
-    code, err = calibrate_cli(tmp_path, squeezenet_int8, normal_paths[:12], capsys)
-    assert code == 2 and "too little calibration audio: 2.0 min" in err and "at least 4 min" in err
+    code, err = calibrate_cli(tmp_path, squeezenet_int8, normal_paths[:5], capsys)
+    assert code == 2 and "too little calibration audio: 5 reference windows" in err and "at least 1 min" in err
     assert not (tmp_path / "bundle").exists()
 
 
-def test_a_threshold_on_few_held_out_windows_comes_with_a_warning(calibrated):
-    result, _ = calibrated  # 40 clips of 10 s: 10 held-out windows
+def test_a_threshold_on_few_held_out_windows_comes_with_a_warning(calibrated_paper):
+    result, _ = calibrated_paper  # 40 clips of 10 s: 10 held-out windows
     assert result.threshold.heldout_windows == 10
     assert any(w.startswith("the threshold rests on 10 held-out windows") for w in result.warnings)
 
@@ -319,5 +327,7 @@ def test_calibrate_records_the_configured_device_and_writes_the_configured_bundl
     assert bundle.machine == "fan1"
     stats = bundle.manifest["calibration"]
     assert stats["seconds"] == 240.0 and stats["sources"] == 1
-    # 12 blocks of 20 s; every 4th is held out: 3 blocks of 38 patches each
-    assert stats["heldout_patches"] == 3 * 38 and bundle.manifest["threshold"]["heldout_windows"] == 6
+    # 12 blocks of 20 s of one recording (38 patches, 21 bank windows each), left out in 4 stretches of 3 blocks,
+    # each stretch giving its non-overlapping bank windows as references: 0, 18, 36 and 54 of its 63
+    assert stats["fit_patches"] == 12 * 38 and bundle.manifest["threshold"]["heldout_windows"] == 4 * 4
+    assert stats["pipeline"]["leave_out_groups"] == 4

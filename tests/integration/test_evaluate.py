@@ -3,12 +3,13 @@
 """humwatch evaluate: dataset readers, the paper's split, ROC AUC, the feature cache, methods and reports."""
 
 
+import pathlib
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from humwatch.agent.contract import FrontEndParams
-from humwatch.calibration.candidates import CANDIDATES
 from humwatch.cli import main
 from humwatch.evaluation.cache import FeatureCache
 from humwatch.evaluation.datasets import find_machines
@@ -32,8 +33,7 @@ def test_protocol_with_squeezenet_int8_and_detectors(tiny_dataset, tmp_path, squ
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--presets", "auto", "--detectors", "none"], "5 normal training clips; choosing a pipeline needs at least 8 "
-                                                   "of 10 s or more"),
+    (["--presets", "auto", "--detectors", "none"], "too little calibration audio: 0.2 min gives 0 held-out windows"),
     (["--channel", "x"], "--channel 'x': a channel index"),
     (["--channel", "3"], "channel 3 does not exist (the audio has 1 channels)"),
     (["--out", "{file}"], "--out {file}: {file} is a file, not a folder"),
@@ -49,27 +49,28 @@ def test_bad_runs_are_one_line(tiny_dataset, tmp_path, capsys, squeezenet_int8, 
     assert message.format(file=tmp_path / "a-file") in err[-1], err
 
 
-def test_calibrate_presets_are_rows_fitted_as_calibrate_fits_them(tmp_path, squeezenet_int8):
-    """`auto` (the default of calibrate and evaluate) and `paper`, fitted on the training clips only, 1 in 4 held out."""
-    from humwatch.evaluation.features import patch_db_source
+def test_calibrate_presets_are_rows_fitted_and_judged_as_a_user_would(tmp_path, squeezenet_int8):
+    """The default preset and `paper`: `calibrate` on the training clips, each test clip's highest window score from
+    the agent's pipeline, and calibrate's own threshold for the operating point."""
+    from humwatch.agent.model.bundle import Bundle
+    from humwatch.agent.model.pipeline import Pipeline
+    from humwatch.agent.service.score import score_file
+    from humwatch.calibration.calibrate import DEFAULT_PRESET
     from humwatch.evaluation.methods import PresetMethod
 
     root = tmp_path / "data"
-    write_dataset(root, ["pump"], [0], 16, 4, seconds=10.0, seed=3)
+    write_dataset(root, ["pump"], [0], 28, 4, seconds=10.0, seed=3)  # the paper preset needs 4 min
     machines = find_machines(root)
-    source = cnn_source(squeezenet_int8, FrontEndParams())
-    methods = [PresetMethod(source, patch_db_source(), FrontEndParams(), 0, preset)
-               for preset in ("auto", "paper")]
+    methods = [PresetMethod(squeezenet_int8, 0, preset) for preset in (DEFAULT_PRESET, "paper")]
     results = run_protocol(machines, methods, [0], FeatureCache(tmp_path / "cache"))
-    assert [r.method.split(" + ")[1] for r in results] == ["auto", "paper"]
-    for r in results:
+    assert [r.method.split(" + ")[1] for r in results] == [DEFAULT_PRESET, "paper"]
+    test = split(machines[0], 0, 150).test
+    for method, r in zip(methods, results):
         assert r.auc == pytest.approx(roc_auc_score(r.labels, r.scores), abs=1e-12)
-        assert r.n_train == 12 and r.n_test_normal == 4 and np.isfinite(r.scores).all()
-    auto, paper = methods
-    assert {s.name for s in auto.selection.table} == set(CANDIDATES)
-    assert paper.selection.chosen.name == "paper" and paper.selection.table == []
-    train = split(machines[0], 0, 150).train
-    assert auto.selection.heldout_windows == len(train) // 4  # one 10 s window per held-out training clip
+        assert r.n_train == 24 and r.n_test_normal == 4 and np.isfinite(r.scores).all()
+        bundle = Bundle.load(pathlib.Path(method._scratch.name) / "seed-0")
+        assert method.threshold == bundle.spec.threshold_high
+        assert r.scores[0] == score_file(Pipeline(bundle), test[0])["max_window_score"]
 
 
 def test_autoencoder_peers_run_the_protocol(tiny_dataset):
@@ -108,7 +109,7 @@ def test_dcase_layout_runs_the_official_protocol(tmp_path_factory, tmp_path, cap
     from humwatch.evaluation.dcase_metrics import MAX_FPR
     from tests.plugins.datasets import write_dcase2023_dataset
 
-    data = write_dcase2023_dataset(tmp_path_factory.mktemp("dcase10s"), {"source": 12, "target": 4}, 3, 10.0)
+    data = write_dcase2023_dataset(tmp_path_factory.mktemp("dcase10s"), {"source": 22, "target": 4}, 3, 10.0)
     out = tmp_path / "out"
     assert main(["evaluate", str(data), "--models", str(squeezenet_int8), "--detectors", "none",
                  "--presets", "logmel-gmm", "--peers", "knn", "--seeds", "1", "--out", str(out)]) == 0
@@ -122,13 +123,14 @@ def test_dcase_layout_runs_the_official_protocol(tmp_path_factory, tmp_path, cap
         scores = list(csv.DictReader(f))
     with open(out / "dcase_per_seed.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert {r["method"] for r in rows} == {"squeezenet1_1-int8 + logmel-gmm", "squeezenet1_1-int8 + kNN (k=1)"}
+    assert {r["method"]: bool(r["threshold"]) for r in rows} == {  # calibrate's threshold; kNN sets none
+        "squeezenet1_1-int8.tflite + logmel-gmm": True, "squeezenet1_1-int8 + kNN (k=1)": False}
     for row in rows:
         clips = [s for s in scores if s["method"] == row["method"]]
         y = np.array([int(s["anomalous"]) for s in clips])
         x = np.array([float(s["score"]) for s in clips])
         d = np.array([s["domain"] for s in clips])
-        assert len(clips) == 12 and int(row["train_clips"]) == 16
+        assert len(clips) == 12 and int(row["train_clips"]) == 26
         for domain in ("source", "target"):  # the evaluator's definitions, recomputed with scikit-learn
             keep = (d == domain) | (y == 1)
             assert float(row[f"auc_{domain}"]) == pytest.approx(roc_auc_score(y[keep], x[keep]), abs=1e-4)
@@ -137,6 +139,8 @@ def test_dcase_layout_runs_the_official_protocol(tmp_path_factory, tmp_path, cap
             if row["threshold"]:
                 above = int(np.sum(x[(d == domain) & (y == 1)] > float(row["threshold"])))
                 assert row[f"anomalous_above_{domain}"] == f"{above}/3"
+                above = int(np.sum(x[(d == domain) & (y == 0)] > float(row["threshold"])))
+                assert row[f"normal_above_{domain}"] == f"{above}/3"
             else:
                 assert row[f"anomalous_above_{domain}"] == ""
         assert float(row["pauc"]) == pytest.approx(roc_auc_score(y, x, max_fpr=MAX_FPR), abs=1e-4)

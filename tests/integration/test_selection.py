@@ -12,7 +12,7 @@ from scipy import signal
 
 from humwatch.agent.contract import WINDOW_PATCHES, FrontEndParams
 from humwatch.agent.errors import AudioError, ConfigError
-from humwatch.agent.model.bundle import Bundle, write_bundle
+from humwatch.agent.model.bundle import Bundle, PipelineSpec, write_bundle
 from humwatch.agent.model.extractor import Extractor
 from humwatch.agent.model.pipeline import PatchScorer, Pipeline, window_reading
 from humwatch.agent.model.timing import DEFAULT_GATE
@@ -97,20 +97,19 @@ def test_a_single_candidate_is_fitted_without_faults(clips, held, extractor):
 def test_the_chosen_pipeline_is_a_bundle_the_agent_scores_identically(clips, held, extractor, squeezenet_int8,
                                                                       tmp_path, candidate):
     selection = choose(clips, held, extractor, candidates=(candidate,))
-    manifest = {"machine": "fan1", "frontend": FrontEndParams().to_dict(), "window_patches": WINDOW_PATCHES,
-                "threshold": {"high": 3.0, "low": 2.0},
-                "extractor": {"sha256": extractor.sha256} if selection.uses_cnn else None,
-                "calibration": {"selection": selection.report()}, **selection.manifest_fields()}
-    version = write_bundle(tmp_path / "bundle", manifest, selection.fill,
-                           extractor=squeezenet_int8 if selection.uses_cnn else None)
+    spec = PipelineSpec(frontend=FrontEndParams(), threshold_high=3.0, threshold_low=2.0,
+                        window_patches=WINDOW_PATCHES, extractor_sha256=extractor.sha256 if selection.uses_cnn else None,
+                        **selection.spec_fields())
+    version = write_bundle(tmp_path / "bundle", spec, {"machine": "fan1", "calibration": selection.report()},
+                           selection.fill, extractor=squeezenet_int8 if selection.uses_cnn else None)
     bundle = Bundle.load(tmp_path / "bundle")
-    assert [d.file for d in bundle.detectors] == [d["file"] for d in manifest["detectors"]]
+    assert bundle.spec == spec
     timing = ["timing.npz"] if candidate == "fusion-timing" else []
-    assert (bundle.timing is not None) == bool(timing)
-    assert sorted(p.name for p in version.glob("*.npz")) == sorted({d.file for d in bundle.detectors} | set(timing))
+    assert (bundle.spec.timing is not None) == bool(timing)
+    assert sorted(p.name for p in version.glob("*.npz")) == sorted({d.file for d in bundle.spec.detectors} | set(timing))
     assert (bundle.extractor_path is None) == (candidate == "logmel-gmm")
     clip = clips[int(np.flatnonzero(held)[0])]
-    board = PatchScorer(bundle).score(clip_patches(clip.samples, bundle.frontend))
+    board = PatchScorer(bundle).score(clip_patches(clip.samples, bundle.spec.frontend))
     np.testing.assert_allclose(board, selection.detector_scores(clip), rtol=1e-6, atol=1e-6)
     streamed = [r for r in Pipeline(bundle).push(clip.samples) if r.window_score is not None]
     np.testing.assert_allclose([r.window_score for r in streamed], selection.window_scores(clip), rtol=1e-6,
@@ -118,10 +117,10 @@ def test_the_chosen_pipeline_is_a_bundle_the_agent_scores_identically(clips, hel
     # each detector's reading is named after its part (the two-sided one apart from its file), and the window
     # score is their mean, plus the timing reading beyond its gate
     parts = list(CANDIDATES[candidate].parts)
-    assert [d.name for d in bundle.detectors] == parts
+    assert [d.name for d in bundle.spec.detectors] == parts
     for result in streamed:
         readings = dict(result.readings)
-        timing_term = max(0.0, readings.pop("timing") - bundle.timing.gate) if bundle.timing else 0.0
+        timing_term = max(0.0, readings.pop("timing") - bundle.spec.timing.gate) if bundle.spec.timing else 0.0
         assert list(readings) == parts
         assert np.mean(list(readings.values())) + timing_term == pytest.approx(result.window_score, abs=1e-12)
     # standardised on the held-out normal patches: mean 0 and unit spread there

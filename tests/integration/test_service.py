@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import pathlib
+from dataclasses import replace
 import re
 import signal
 import subprocess
@@ -180,10 +181,10 @@ def test_fault_alarm_end_to_end_with_systemd_notify_and_clean_stop(
     assert (raised["event"], cleared["event"]) == ("raised", "cleared")
     assert re.fullmatch(r"[0-9a-f]{32}", raised["id"]) and raised["id"] != cleared["id"]
     assert raised["machine"] == "pump1" and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", raised["time"])
-    assert raised["threshold"] == pytest.approx(agent_bundle.threshold_high)
-    assert raised["window_score"] > agent_bundle.threshold_high
-    assert cleared["threshold"] == pytest.approx(agent_bundle.threshold_low)
-    assert cleared["window_score"] < agent_bundle.threshold_low
+    assert raised["threshold"] == pytest.approx(agent_bundle.spec.threshold_high)
+    assert raised["window_score"] > agent_bundle.spec.threshold_high
+    assert cleared["threshold"] == pytest.approx(agent_bundle.spec.threshold_low)
+    assert cleared["window_score"] < agent_bundle.spec.threshold_low
     assert raised["model"] == agent_bundle.model_ids
     # the paper's bundle has one detector: its reading is the window score
     assert raised["detector_scores"] == {"cnn-gmm80": pytest.approx(raised["window_score"])}
@@ -193,7 +194,7 @@ def test_fault_alarm_end_to_end_with_systemd_notify_and_clean_stop(
     scores = [m.json() for m in subscriber.on("humwatch/pump1/score")]
     before = [s["window_score"] for s in scores if s["audio_time"] < FAULT_ONSET]
     assert all(s["detector_scores"] == {"cnn-gmm80": pytest.approx(s["window_score"])} for s in scores)
-    assert len(before) >= 5 and max(before) < agent_bundle.threshold_high
+    assert len(before) >= 5 and max(before) < agent_bundle.spec.threshold_high
 
     sensor = alarms(subscriber, "sensor_fault")
     assert sensor[0]["event"] == "raised" and sensor[0]["reason"].startswith("silence")
@@ -281,19 +282,19 @@ def test_alarm_pending_when_the_agent_is_killed_is_delivered_after_restart(
 def test_sighup_reloads_a_new_bundle_without_stopping(
         alsa_device, mosquitto, subscribe, agents, agent_bundle, normal_clip, tmp_path):
     link = tmp_path / "reloaded"
-    manifest = {k: v for k, v in agent_bundle.manifest.items() if k not in ("id", "created", "previous")}
+    details = {"machine": agent_bundle.machine}
 
     def copy_detector(directory: pathlib.Path) -> None:
-        for entry in agent_bundle.detectors:
+        for entry in agent_bundle.spec.detectors:
             (directory / entry.file).write_bytes((agent_bundle.path / entry.file).read_bytes())
 
-    write_bundle(link, manifest, copy_detector, extractor=agent_bundle.extractor_path)
+    write_bundle(link, agent_bundle.spec, details, copy_detector, extractor=agent_bundle.extractor_path)
     device = alsa_device(speed=SPEED)
     device.play(back_and_forth(normal_clip, 120.0))
     subscriber = subscribe(["humwatch/pump1/score"])
     agent = agents(device.env, link, mosquitto, alarm={"score_interval": 1.0}).start()
     subscriber.wait_on("humwatch/pump1/score", 1, timeout=60)
-    new = write_bundle(link, {**manifest, "threshold": {**manifest["threshold"], "high": 50.0, "low": 40.0}},
+    new = write_bundle(link, replace(agent_bundle.spec, threshold_high=50.0, threshold_low=40.0), details,
                        copy_detector, extractor=agent_bundle.extractor_path)
     agent.process.send_signal(signal.SIGHUP)
     agent.wait_log(rf"now judging with bundle {new.name} \(threshold 50, clear 40\)", timeout=30)
@@ -395,7 +396,7 @@ def test_a_machine_running_fast_alarms_through_the_timing_reading(mosquitto, sub
     raised = [m.json() for m in subscriber.wait_on("humwatch/pump1/alarm", 1)]
     assert [(a["kind"], a["event"]) for a in raised] == [("anomaly", "raised")]
     assert FAULT_ONSET < raised[0]["audio_time"] <= FAULT_ONSET + LATENCY_GOAL
-    assert raised[0]["detector_scores"]["timing"] > Bundle.load(link).timing.gate
+    assert raised[0]["detector_scores"]["timing"] > Bundle.load(link).spec.timing.gate
     assert "timing" in raised[0]["model"]["detectors"]
 
 
@@ -424,8 +425,8 @@ def test_score_command_judges_files_with_the_agents_pipeline(agent_bundle, dcase
         assert result["windows"] == 1 and result["window_scores"] == pytest.approx(expected, abs=1e-5)
         assert result["window_detector_scores"] == {"cnn-gmm80": pytest.approx(expected, abs=1e-5)}
         assert result["max_window_detector_scores"] == {"cnn-gmm80": pytest.approx(expected[0])}
-        assert result["threshold"] == agent_bundle.threshold_high and result["bundle"] == agent_bundle.id
-    assert results[1]["max_window_score"] > agent_bundle.threshold_high > results[0]["max_window_score"]
+        assert result["threshold"] == agent_bundle.spec.threshold_high and result["bundle"] == agent_bundle.id
+    assert results[1]["max_window_score"] > agent_bundle.spec.threshold_high > results[0]["max_window_score"]
 
     done = run_score("--bundle", str(agent_bundle.path), str(normal))
     assert done.returncode == 0

@@ -7,7 +7,7 @@ import pytest
 
 from humwatch.agent.contract import FrontEndParams, logmel_extractor_sha256
 from humwatch.agent.errors import ModelError
-from humwatch.agent.model.bundle import Bundle, rollback, write_bundle
+from humwatch.agent.model.bundle import Bundle, PipelineSpec, rollback, write_bundle
 from humwatch.agent.model.pipeline import PatchScorer, Pipeline, fuse, window_readings
 from humwatch.agent.model.scorers import window_mean
 from humwatch.agent.signal.audio import read_wav
@@ -42,8 +42,12 @@ def manifest(source: str = "logmel-frames", **changes):
     return base
 
 
+def spec(source: str = "logmel-frames", **changes) -> PipelineSpec:
+    return PipelineSpec.from_json(manifest(source, **changes), "<test manifest>")
+
+
 def write(link, detector, **changes):
-    return write_bundle(link, manifest(detector.feature_source, **changes),
+    return write_bundle(link, spec(detector.feature_source, **changes), {"machine": "pump1"},
                         lambda d: detector.save(d / "frames.npz"))
 
 
@@ -53,7 +57,7 @@ def test_streaming_pipeline_equals_offline_window_means(tmp_path, normal_clips, 
     bundle = Bundle.load(tmp_path / "bundle")
     clip = np.concatenate(normal_clips[4:6])
     expected = fuse(window_readings(window_mean(PatchScorer(bundle).score(clip_patches(clip)), 18),
-                                    bundle.detectors), bundle.fusion)
+                                    bundle.spec.detectors), bundle.spec.fusion)
     pipeline, results = Pipeline(bundle), []
     for start in range(0, len(clip), 3000):
         results += pipeline.push(clip[start: start + 3000])
@@ -72,7 +76,7 @@ def test_two_readings_of_one_file_are_named_apart_and_fused_by_max(tmp_path, nor
                {"file": "frames.npz", "kind": "gmm", "feature_source": "logmel-frames", "window_centre": 0.5}]
     write(tmp_path / "bundle", frame_detector, detectors=entries, fusion="max")
     bundle = Bundle.load(tmp_path / "bundle")
-    assert [d.name for d in bundle.detectors] == ["frames", "frames-2s"]
+    assert [d.name for d in bundle.spec.detectors] == ["frames", "frames-2s"]
     windows = [r for r in Pipeline(bundle).push(np.concatenate(normal_clips[4:6])) if r.window_score is not None]
     assert len(windows) > 10
     for result in windows:
@@ -98,7 +102,7 @@ def test_a_capped_pipeline_limits_each_detectors_patch_score_before_fusing(tmp_p
     for cap in (None, 10.0):
         write(tmp_path / f"bundle-{cap}", frame_detector, patch_score_cap=cap, fusion="max")
         bundle = Bundle.load(tmp_path / f"bundle-{cap}")
-        assert bundle.patch_score_cap == cap
+        assert bundle.spec.patch_score_cap == cap
         scores[cap] = PatchScorer(bundle).score(clip_patches(clip))
     assert scores[None].max() > 10.0  # unstandardised scores of this GMM: the knock scores far out
     np.testing.assert_array_equal(scores[10.0], np.minimum(scores[None], 10.0))
@@ -108,9 +112,9 @@ def test_new_version_replaces_link_and_rollback_restores(tmp_path, frame_detecto
     link = tmp_path / "bundle"
     first = write(link, frame_detector)
     second = write(link, frame_detector, threshold={"high": 5.0, "low": 4.0})
-    assert link.resolve() == second and Bundle.load(link).threshold_high == 5.0
+    assert link.resolve() == second and Bundle.load(link).spec.threshold_high == 5.0
     assert Bundle.load(link).manifest["previous"] == first.name
-    assert rollback(link) == first and Bundle.load(link).threshold_high == 100.0
+    assert rollback(link) == first and Bundle.load(link).spec.threshold_high == 100.0
     with pytest.raises(ModelError, match="no previous bundle"):
         rollback(link)
 
@@ -123,7 +127,7 @@ def test_rollback_from_a_damaged_bundle_goes_to_the_newest_other_version(tmp_pat
     third = write(link, frame_detector, threshold={"high": 7.0, "low": 6.0})
     (third / "bundle.json").write_text('{"previous": "')  # cut short: it cannot say what it replaced
     monkeypatch.chdir(tmp_path)  # named relative to here, as on a command line
-    assert rollback("bundle").name == second.name and Bundle.load(link).threshold_high == 5.0
+    assert rollback("bundle").name == second.name and Bundle.load(link).spec.threshold_high == 5.0
 
 
 def test_interrupted_write_leaves_the_bundle_in_use_untouched(tmp_path, frame_detector):
@@ -135,7 +139,7 @@ def test_interrupted_write_leaves_the_bundle_in_use_untouched(tmp_path, frame_de
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        write_bundle(link, manifest(), crash)
+        write_bundle(link, spec(), {}, crash)
     assert link.resolve() == first and Bundle.load(link).id == first.name
     assert [p.name for p in (tmp_path / "bundle.versions").iterdir()] == [first.name]
 

@@ -121,8 +121,8 @@ def test_a_pipeline_without_the_cnn_needs_no_model_and_its_bundle_carries_none(t
     result = calibrate(wav_blocks(normal_paths[:CALIBRATION_CLIPS]), tmp_path / "not-converted.tflite", out,
                        preset="logmel-sd", report=False)
     bundle = Bundle.load(out)
-    assert bundle.extractor_sha256 is None and not (out / "extractor.tflite").exists()
-    assert [(d.kind, d.feature_source) for d in bundle.detectors] == [("gmm", "logmel-frames"),
+    assert bundle.spec.extractor_sha256 is None and not (out / "extractor.tflite").exists()
+    assert [(d.kind, d.feature_source) for d in bundle.spec.detectors] == [("gmm", "logmel-frames"),
                                                                       ("gmm", "logmel-dynamics")]
     assert "feature extractor: none" in "\n".join(result.summary_lines())
     pipeline = Pipeline(bundle)
