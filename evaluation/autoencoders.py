@@ -1,9 +1,15 @@
 """Peers: the autoencoders humwatch's transfer features are measured against (workstation only, tensorflow).
 
-- dense_ae: the MIMII / DCASE 2020 task 2 baseline. Input: 5 consecutive 64-band log-Mel frames at hop 512
-  (= every other humwatch frame) concatenated to 320 values; Dense 64 ×4, bottleneck 8, Dense 64 ×4 (each Dense
-  followed by batch norm and ReLU, as the DCASE 2020 baseline), linear output; Adam, MSE, batch 512. Clip score:
-  mean reconstruction error over the clip's vectors.
+- dcase2023_ae: the DCASE 2023 task 2 baseline autoencoder in its published configuration
+  (github.com/nttcslab/dcase2023_task2_baseline_ae, baseline.yaml and networks/dcase2023t2_ae/network.py;
+  arXiv 2303.00455). Input: 128-band log-Mel (n_fft 1024, hop 512, power 2, 10·log10(mel + eps), librosa),
+  5 consecutive frames → 640 values; Dense 128 ×4, bottleneck 8, Dense 128 ×4, each followed by batch norm
+  (momentum 0.01 in PyTorch's sense, eps 1e-3) and ReLU, linear output; Adam lr 1e-3, batch 256, 100 epochs,
+  MSE, 10 % of the training vectors drawn at random held out for validation (never trained on). Clip score:
+  mean squared reconstruction error over the clip's vectors (the baseline's "MSE" score).
+  Differences: Keras instead of PyTorch (same layers, initialisers are Keras's); trained per section on the
+  training clips given to it (e.g. the 208 of a ToyCar subset, not the full 990 + 10 of the development set),
+  and on a paper-protocol split for MIMII / DCASE 2020 layouts.
 - dcae: a LeNet-style convolutional autoencoder on the 64×64 dB Mel patches (the paper's peer): conv 5×5 (8) →
   pool → conv 5×5 (16) → pool → conv 3×3 (32) → pool → dense 64 code, mirrored with transposed convolutions
   (LeNet-sized, ≈ 17 M multiply-adds per patch, so that 40 trainings fit a shared 2-core machine).
@@ -18,10 +24,11 @@ import numpy as np
 from humwatch.evaluation.features import FeatureSource
 from humwatch.evaluation.methods import FeatureMethod
 
-DENSE_FRAMES = 5
-DENSE_FRAME_STEP = 2  # hop 512 as the baseline, from our hop-256 frames
-DENSE_EPOCHS = 50
-DENSE_BATCH = 512
+AE2023_FRAMES = 5
+AE2023_UNITS = (128, 128, 128, 128, 8, 128, 128, 128, 128)
+AE2023_EPOCHS = 100
+AE2023_BATCH = 256
+AE2023_VALIDATION = 0.1
 DCAE_EPOCHS = 20
 DCAE_BATCH = 64
 CODE_MAPS = 32  # feature maps of the DCAE's last conv layer
@@ -42,18 +49,20 @@ def _keras(seed: int):
     return tf.keras
 
 
-def stacked_frames(logmel: np.ndarray) -> np.ndarray:
-    """(n_frames, 64) log-Mel at hop 256 → (n, 320): 5 consecutive hop-512 frames per row, as the baseline."""
-    frames = logmel[::DENSE_FRAME_STEP]
-    n = len(frames) - DENSE_FRAMES + 1
-    return np.concatenate([frames[t: t + n] for t in range(DENSE_FRAMES)], axis=1)
+def stacked_frames(logmel: np.ndarray, frames: int = AE2023_FRAMES) -> np.ndarray:
+    """(n_frames, bands) log-Mel → (n_frames - frames + 1, frames·bands): each row the frames t..t+frames-1
+    concatenated, frame by frame, as the baseline's vectors."""
+    n = len(logmel) - frames + 1
+    return np.concatenate([logmel[t: t + n] for t in range(frames)], axis=1)
 
 
-def dense_ae_model(keras, dim: int):
+def ae2023_model(keras, dim: int):
     inputs = keras.Input((dim,))
     h = inputs
-    for units in (64, 64, 64, 64, 8, 64, 64, 64, 64):
-        h = keras.layers.Activation("relu")(keras.layers.BatchNormalization()(keras.layers.Dense(units)(h)))
+    for units in AE2023_UNITS:
+        h = keras.layers.Dense(units)(h)
+        h = keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-3)(h)  # = PyTorch momentum 0.01
+        h = keras.layers.Activation("relu")(h)
     return keras.Model(inputs, keras.layers.Dense(dim)(h))
 
 
@@ -73,22 +82,26 @@ def dcae_model(keras, size: int = 64):
     return keras.Model(inputs, layers.Conv2D(1, 3, padding="same")(h))
 
 
-class DenseAutoencoder(FeatureMethod):
-    def __init__(self, source: FeatureSource, epochs: int = DENSE_EPOCHS) -> None:
+class Dcase2023Autoencoder(FeatureMethod):
+    def __init__(self, source: FeatureSource, epochs: int = AE2023_EPOCHS) -> None:
         self.source, self.epochs = source, epochs
-        self.name = "dense AE (MIMII/DCASE baseline)"
+        self.name = "DCASE 2023 baseline AE" + ("" if epochs == AE2023_EPOCHS else f" ({epochs} epochs)")
         self._model = None
 
     def fit(self, train: list[np.ndarray], seed: int) -> None:
         keras = _keras(seed)
         x = np.concatenate([stacked_frames(c) for c in train]).astype(np.float32)
-        self._model = dense_ae_model(keras, x.shape[1])
+        order = np.random.default_rng(seed).permutation(len(x))
+        n_valid = int(round(AE2023_VALIDATION * len(x)))
+        fit, valid = x[order[n_valid:]], x[order[:n_valid]]
+        self._model = ae2023_model(keras, x.shape[1])
         self._model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-        self._model.fit(x, x, epochs=self.epochs, batch_size=DENSE_BATCH, shuffle=True, verbose=0)
+        self._model.fit(fit, fit, epochs=self.epochs, batch_size=AE2023_BATCH, shuffle=True, verbose=0,
+                        validation_data=(valid, valid) if n_valid else None)
 
     def clip_scores(self, clips: list[np.ndarray]) -> np.ndarray:
         vectors = [stacked_frames(c).astype(np.float32) for c in clips]
-        errors = _reconstruction_error(self._model, np.concatenate(vectors), DENSE_BATCH)
+        errors = _reconstruction_error(self._model, np.concatenate(vectors), AE2023_BATCH)
         return np.array([e.mean() for e in np.split(errors, np.cumsum([len(v) for v in vectors])[:-1])])
 
 

@@ -5,12 +5,13 @@ A FeatureSource describes itself (for the cache key) and computes one clip's fea
 from __future__ import annotations
 
 import pathlib
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from humwatch.agent.contract import FrontEndParams, signal_contract
+from humwatch.agent.contract import SAMPLE_RATE, FrontEndParams, signal_contract
 from humwatch.agent.signal.audio import read_wav
 from humwatch.agent.signal.frontend import clip_patches
 from humwatch.agent.signal.mel import mel_db
@@ -63,3 +64,18 @@ def logmel_source(channel=0) -> FeatureSource:
         return mel_db(read_wav(path, channel)).T.astype(np.float32)
 
     return FeatureSource("logmel", {"source": "logmel", "contract": signal_contract(), "channel": channel}, compute)
+
+
+def dcase2023_logmel_source(channel=0) -> FeatureSource:
+    """(n_frames, 128) float32 log-Mel frames as the DCASE 2023 baseline computes them (librosa melspectrogram:
+    n_fft 1024, hop 512, 128 bands, power 2; 10·log10(mel + float eps))."""
+    def compute(path: pathlib.Path) -> np.ndarray:
+        import librosa  # the peer's own feature code: workstation only
+
+        mel = librosa.feature.melspectrogram(y=read_wav(path, channel), sr=SAMPLE_RATE, n_fft=1024, hop_length=512,
+                                             n_mels=128, power=2.0)
+        return (10.0 * np.log10(mel + sys.float_info.epsilon)).T.astype(np.float32)
+
+    description = {"source": "dcase2023_logmel", "n_fft": 1024, "hop": 512, "n_mels": 128, "power": 2.0,
+                   "channel": channel}
+    return FeatureSource("dcase2023-logmel", description, compute)

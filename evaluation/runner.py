@@ -26,6 +26,7 @@ class Result:
     n_test_normal: int
     labels: np.ndarray = field(repr=False)
     scores: np.ndarray = field(repr=False)
+    threshold: float | None = None  # the method's alarm threshold after this fit (None: it sets none)
 
 
 def run_protocol(machines: list[MachineClips], methods: list[Method], seeds: list[int], cache: FeatureCache,
@@ -53,7 +54,8 @@ def run_protocol(machines: list[MachineClips], methods: list[Method], seeds: lis
                 scores = method.score_paths(parts.test, cache)
                 auc = roc_auc(parts.labels, scores)
                 results.append(Result(method.name, machine.name, seed, auc, len(parts.train),
-                                      len(parts.test_normal), parts.labels, scores))
+                                      len(parts.test_normal), parts.labels, scores,
+                                      getattr(method, "threshold", None)))
                 step += 1
                 progress(f"[{step}/{steps}] {machine.name} seed {seed} {method.name}: AUC {auc:.3f} "
                          f"({time.monotonic() - t0:.1f} s, {time.monotonic() - started:.0f} s total)")

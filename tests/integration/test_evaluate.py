@@ -74,14 +74,76 @@ def test_calibrate_presets_are_rows_fitted_and_judged_as_a_user_would(tmp_path, 
 
 
 def test_autoencoder_peers_run_the_protocol(tiny_dataset):
-    from humwatch.evaluation.autoencoders import ConvAutoencoder, DenseAutoencoder, stacked_frames
-    from humwatch.evaluation.features import patch_db_source
+    from humwatch.evaluation.autoencoders import ConvAutoencoder, Dcase2023Autoencoder, stacked_frames
+    from humwatch.evaluation.features import dcase2023_logmel_source, patch_db_source
 
-    frames = np.arange(20 * 64, dtype=np.float32).reshape(20, 64)
+    frames = np.arange(20 * 128, dtype=np.float32).reshape(20, 128)
     stacked = stacked_frames(frames)
-    assert stacked.shape == (6, 320)  # 10 frames at hop 512, 5 per vector
-    assert np.array_equal(stacked[1], np.concatenate([frames[2], frames[4], frames[6], frames[8], frames[10]]))
+    assert stacked.shape == (16, 640)  # 5 consecutive frames per vector, as the DCASE 2023 baseline
+    assert np.array_equal(stacked[1], np.concatenate(frames[1:6]))
+    clip = next(tiny_dataset.rglob("*.wav"))
+    logmel = dcase2023_logmel_source().compute(clip)
+    assert logmel.shape == (3 * 16000 // 512 + 1, 128)  # 3 s at hop 512, centred frames
     machines = find_machines(tiny_dataset)[:1]
-    methods = [DenseAutoencoder(logmel_source(), epochs=2), ConvAutoencoder(patch_db_source(), epochs=1)]
+    methods = [Dcase2023Autoencoder(dcase2023_logmel_source(), epochs=2), ConvAutoencoder(patch_db_source(), epochs=1)]
     results = run_protocol(machines, methods, [0], FeatureCache(None))
     check_results(results, machines, [0], methods)
+
+
+def test_cli_writes_table_csv_and_figure(tiny_dataset, tmp_path, capsys, squeezenet_int8):
+    out = tmp_path / "out"
+    assert main(["evaluate", str(tiny_dataset), "--models", str(squeezenet_int8), "--detectors", "gmm",
+                 "--presets", "none", "--peers", "knn", "--seeds", "2", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "| squeezenet1_1-int8 + kNN (k=1) |" in captured.out and "fewer than 150" in captured.err
+    assert (out / "auc_bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (out / "auc_per_seed.csv").read_text().splitlines()
+    assert rows[0].startswith("method,machine,seed,auc") and len(rows) == 1 + 2 * 2 * 2
+    assert "mean" in (out / "auc_table.csv").read_text()
+
+
+def test_dcase_layout_runs_the_official_protocol(tmp_path_factory, tmp_path, capsys, squeezenet_int8):
+    """Fit on train/ as given, score test/, the official figures and the operating point; --train-minutes."""
+    import csv
+
+    from humwatch.evaluation.dcase_metrics import MAX_FPR
+    from tests.plugins.datasets import write_dcase2023_dataset
+
+    data = write_dcase2023_dataset(tmp_path_factory.mktemp("dcase10s"), {"source": 22, "target": 4}, 3, 10.0)
+    out = tmp_path / "out"
+    assert main(["evaluate", str(data), "--models", str(squeezenet_int8), "--detectors", "none",
+                 "--presets", "logmel-gmm", "--peers", "knn", "--seeds", "1", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    for column in ("AUC source", "AUC target", "pAUC", "official score", "AUC source, domain only",
+                   "anomalous above threshold (source · target)", "normal above threshold (source · target)"):
+        assert f"| {column} |" in table
+    knn_row = next(line for line in table.splitlines() if "kNN (k=1)" in line)
+    assert knn_row.endswith("| — | — |")  # kNN sets no alarm threshold
+    with open(out / "dcase_scores.csv", newline="") as f:
+        scores = list(csv.DictReader(f))
+    with open(out / "dcase_per_seed.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["method"]: bool(r["threshold"]) for r in rows} == {  # calibrate's threshold; kNN sets none
+        "squeezenet1_1-int8.tflite + logmel-gmm": True, "squeezenet1_1-int8 + kNN (k=1)": False}
+    for row in rows:
+        clips = [s for s in scores if s["method"] == row["method"]]
+        y = np.array([int(s["anomalous"]) for s in clips])
+        x = np.array([float(s["score"]) for s in clips])
+        d = np.array([s["domain"] for s in clips])
+        assert len(clips) == 12 and int(row["train_clips"]) == 26
+        for domain in ("source", "target"):  # the evaluator's definitions, recomputed with scikit-learn
+            keep = (d == domain) | (y == 1)
+            assert float(row[f"auc_{domain}"]) == pytest.approx(roc_auc_score(y[keep], x[keep]), abs=1e-4)
+            assert float(row[f"auc_{domain}_domain_only"]) == pytest.approx(
+                roc_auc_score(y[d == domain], x[d == domain]), abs=1e-4)
+            if row["threshold"]:
+                above = int(np.sum(x[(d == domain) & (y == 1)] > float(row["threshold"])))
+                assert row[f"anomalous_above_{domain}"] == f"{above}/3"
+                above = int(np.sum(x[(d == domain) & (y == 0)] > float(row["threshold"])))
+                assert row[f"normal_above_{domain}"] == f"{above}/3"
+            else:
+                assert row[f"anomalous_above_{domain}"] == ""
+        assert float(row["pauc"]) == pytest.approx(roc_auc_score(y, x, max_fpr=MAX_FPR), abs=1e-4)
+    assert main(["evaluate", str(data), "--models", str(squeezenet_int8), "--detectors", "none", "--presets",
+                 "none", "--peers", "knn", "--seeds", "1", "--train-minutes", "1", "--out", str(out)]) == 0
+    assert "| 6 (1 min) |" in capsys.readouterr().out  # 6 clips of 10 s, round-robin over domain and speed

@@ -12,8 +12,8 @@ from humwatch.agent.errors import AudioError, ConfigError
 from humwatch.cli import main
 from humwatch.evaluation.cache import FeatureCache
 from humwatch.evaluation.datasets import find_machines
-from humwatch.evaluation.features import logmel_source
-from humwatch.evaluation.logmel_gmm import LogMelGmm, patch_means
+from humwatch.evaluation.features import logmel_source, patch_db_source
+from humwatch.evaluation.knn import PatchKnn
 from humwatch.evaluation.protocol import normal_test_count, roc_auc, split
 from humwatch.evaluation.report import markdown_table, per_seed_csv, read_per_seed_csv, summarise
 from humwatch.evaluation.runner import run_protocol
@@ -92,16 +92,20 @@ def test_feature_cache_keys_on_content_not_path(tiny_dataset, tmp_path):
     assert first.shape[1] == 64 and first.dtype == np.float32
 
 
-def test_logmel_patch_means_follow_the_patch_grid():
-    scores = np.arange(64 + 32 * 2, dtype=float)  # 3 patches
-    assert np.allclose(patch_means(scores), [31.5, 63.5, 95.5])
+def test_knn_scores_the_distance_to_the_nearest_standardised_training_row():
+    knn = PatchKnn(logmel_source())
+    train = [np.array([[0.0, 0.0], [2.0, 0.0]]), np.array([[0.0, 4.0], [2.0, 4.0]])]  # mean (1, 2), std (1, 2)
+    knn.fit(train, seed=0)
+    # (1, 2) standardises to (0, 0): distance sqrt(1 + 1) to every corner; (2, 4) is a training row
+    assert np.allclose(knn.patch_scores(np.array([[1.0, 2.0], [2.0, 4.0], [5.0, 4.0]])), [np.sqrt(2), 0.0, 3.0])
+    assert knn.clip_scores([np.array([[1.0, 2.0], [2.0, 4.0]])]) == pytest.approx([np.sqrt(2) / 2])
 
 
-def test_protocol_with_the_logmel_peer_reproduces(tiny_dataset, tmp_path):
+def test_protocol_with_the_knn_peer_reproduces(tiny_dataset, tmp_path):
     machines = find_machines(tiny_dataset)
     cache = FeatureCache(tmp_path / "cache")
-    runs = [run_protocol(machines, [LogMelGmm(logmel_source())], [0, 1], cache) for _ in range(2)]
-    check_results(runs[0], machines, [0, 1], ["log-Mel GMM-16"])
+    runs = [run_protocol(machines, [PatchKnn(logmel_source())], [0, 1], cache) for _ in range(2)]
+    check_results(runs[0], machines, [0, 1], ["logmel + kNN (k=1)"])
     assert [r.auc for r in runs[0]] == [r.auc for r in runs[1]]
     assert all(np.array_equal(a.scores, b.scores) for a, b in zip(*runs))
 
@@ -112,13 +116,13 @@ def test_unreadable_clip_names_the_file(tiny_dataset, tmp_path):
     broken = copy / "-6_dB_valve/valve/id_00/normal/00000004.wav"
     broken.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
     with pytest.raises(AudioError, match="00000004.wav"):
-        run_protocol(find_machines(copy), [LogMelGmm(logmel_source())], [0], FeatureCache(None))
+        run_protocol(find_machines(copy), [PatchKnn(logmel_source())], [0], FeatureCache(None))
 
 
 def test_report_marks_the_best_and_averages_per_seed(tiny_dataset, tmp_path):
     machines = find_machines(tiny_dataset)
-    results = run_protocol(machines, [LogMelGmm(logmel_source()), LogMelGmm(logmel_source(), components=2)],
-                           [0, 1], FeatureCache(None))
+    results = run_protocol(machines, [PatchKnn(logmel_source()), PatchKnn(patch_db_source())], [0, 1],
+                           FeatureCache(None))
     methods, columns, cells = summarise(results)
     assert columns == ["pump/id_00", "valve/id_00", "mean"]
     for m in methods:
@@ -133,14 +137,19 @@ def test_report_marks_the_best_and_averages_per_seed(tiny_dataset, tmp_path):
     assert markdown_table(read_per_seed_csv(saved)) == table  # runs can be merged from their CSVs
 
 
-def test_cli_writes_table_csv_and_figure(tiny_dataset, tmp_path, capsys):
-    out = tmp_path / "out"
-    assert main(["evaluate", str(tiny_dataset), "--peers", "logmel_gmm", "--seeds", "2", "--out", str(out)]) == 0
-    captured = capsys.readouterr()
-    assert "| log-Mel GMM-16 |" in captured.out and "fewer than 150" in captured.err
-    assert (out / "auc_bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = (out / "auc_per_seed.csv").read_text().splitlines()
-    assert rows[0].startswith("method,machine,seed,auc") and len(rows) == 1 + 2 * 2
-    assert "mean" in (out / "auc_table.csv").read_text()
-    assert main(["evaluate", str(tmp_path / "nowhere"), "--peers", "logmel_gmm", "--out", str(out)]) == 2
-    assert "nowhere: dataset folder not found" in capsys.readouterr().err
+def test_cli_refuses_a_missing_dataset_in_one_line(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nowhere"), "--peers", "knn", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("nowhere: dataset folder not found")
+
+
+def test_operating_point_counts_test_clips_above_each_fits_threshold():
+    from humwatch.evaluation.report import operating_point_table
+    from humwatch.evaluation.runner import Result
+
+    labels = np.array([0, 0, 1, 1])
+    results = [Result("preset", "pump/id_00", 0, 1.0, 8, 2, labels, np.array([0.1, 0.6, 0.7, 0.2]), 0.5),
+               Result("preset", "pump/id_00", 1, 1.0, 8, 2, labels, np.array([0.1, 0.2, 0.9, 0.8]), 0.5),
+               Result("peer", "pump/id_00", 0, 1.0, 8, 2, labels, np.array([0.1, 0.2, 0.9, 0.8]))]
+    lines = operating_point_table(results).splitlines()
+    assert "| preset | pump/id_00 | 3/4 | 1/4 |" in lines  # 0.7, 0.9, 0.8 of the abnormal; 0.6 of the normal
+    assert "| peer | pump/id_00 | — | — |" in lines
