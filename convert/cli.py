@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"architecture (default {DEFAULT_ARCH})")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--weights", type=Path, metavar="FILE",
-                        help="torchvision-layout state dict (.npz, or .pth with torch installed)")
+                        help="torchvision-layout state dict (.npz, or a torch .pth: read without torch)")
     source.add_argument("--download", action="store_true",
                         help="fetch torchvision's official checkpoint into torch's hub cache (sha256 checked)")
     source.add_argument("--random-weights", type=int, metavar="SEED",
