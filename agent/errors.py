@@ -15,3 +15,8 @@ class ConfigError(HumwatchError):
 
 class ModelError(HumwatchError):
     """A model, detector or bundle file that is missing, damaged or does not match."""
+
+
+class RuntimeMismatchError(ModelError):
+    """The TFLite runtime computes features that differ from the model's known answers beyond the tolerance:
+    a broken runtime, a mis-emulated CPU, a wrong delegate or a damaged model."""

@@ -20,6 +20,7 @@ from typing import Callable
 from humwatch.agent.contract import SCHEMA_VERSION, WINDOW_PATCHES, FrontEndParams
 from humwatch.agent.durable import fsync_directory
 from humwatch.agent.errors import ModelError
+from humwatch.agent.model.known_answers import SUFFIX as KNOWN_ANSWERS_SUFFIX
 from humwatch.agent.signal.frames import FRAME_SOURCES
 
 MANIFEST = "bundle.json"
@@ -221,8 +222,9 @@ def write_bundle(link: str | os.PathLike, manifest: dict, fill: Callable[[pathli
     staging.mkdir()
     try:
         if extractor is not None:
-            for suffix in ("", ".json"):
-                shutil.copyfile(f"{os.fspath(extractor)}{suffix}", staging / f"{EXTRACTOR_FILE}{suffix}")
+            for suffix in ("", ".json", KNOWN_ANSWERS_SUFFIX):  # known answers travel with the model they check
+                if suffix != KNOWN_ANSWERS_SUFFIX or os.path.exists(f"{os.fspath(extractor)}{suffix}"):
+                    shutil.copyfile(f"{os.fspath(extractor)}{suffix}", staging / f"{EXTRACTOR_FILE}{suffix}")
         fill(staging)
         previous = current_version(link)
         full = {**manifest, "schema_version": SCHEMA_VERSION, "id": bundle_id,

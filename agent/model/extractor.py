@@ -2,7 +2,8 @@
 
 A model is `<name>.tflite` plus its sidecar `<name>.tflite.json` written by `humwatch convert`. The sidecar
 records the front end the model was made for; a model made for a different signal contract is refused, because
-its features would silently mean something else.
+its features would silently mean something else. Beside them, `<name>.tflite.known.npz` holds known answers that
+every extractor checks when it opens (agent.model.known_answers): a runtime computing other features is refused.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import numpy as np
 from humwatch.agent import contract
 from humwatch.agent.durable import file_sha256
 from humwatch.agent.errors import ModelError
-from humwatch.agent.model.runtime import load_interpreter
+from humwatch.agent.model.known_answers import check_known_answers
+from humwatch.agent.model.runtime import load_interpreter, runtime_name
 
 SIDECAR_SUFFIX = ".json"
 
@@ -52,7 +54,9 @@ MAX_BATCH = 64
 class Extractor:
     """A frozen feature extractor: `.embed(images uint8 (n,64,64,3)) -> float32 (n, feature_dim)`."""
 
-    def __init__(self, model_path: str | Path, num_threads: int = 1):
+    def __init__(self, model_path: str | Path, num_threads: int = 1, check: bool = True):
+        """`check`: run the known answers first (RuntimeMismatchError beyond tolerance); only `humwatch convert`
+        opens models before their known answers exist."""
         self.path = Path(model_path)
         self.info = read_sidecar(self.path)
         self.interpreter = load_interpreter(self.path, num_threads)
@@ -67,6 +71,9 @@ class Extractor:
             raise ModelError(f"{self.path}: model output {list(self._output['shape'])} does not match "
                              f"feature_dim {self.feature_dim} in its sidecar")
         self._batch = int(self._input["shape"][0])
+        self.known_answer_difference = (
+            check_known_answers(self.path, str(self.info.get("precision", "")), self.feature_dim, self.embed,
+                                runtime_name()) if check else None)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Features of a batch of viridis images; rows match the images' order."""
