@@ -100,7 +100,7 @@ say "x86: calibrate (--preset paper) and score"
   >"$work/x86-calibrate.log" 2>&1
 # score exits 1 when a file is judged anomalous (the test clip is): the JSON lines are what is compared.
 "$x86" score --bundle "$work/bundle" --json "$work"/smoke/score/*.wav >"$work/x86-scores.jsonl" 2>/dev/null || true
-cp -r "$work/bundle" "$root/opt/smoke/x86-bundle"
+cp -rL "$work/bundle" "$root/opt/smoke/x86-bundle"
 
 say "arm64: known answers (the model's reference images through this runtime)"
 known='from humwatch.agent.model.extractor import Extractor as E; import sys; d = E(sys.argv[1]).known_answer_difference; print("none stored" if d is None else f"{d:.2e} of scale")'

@@ -27,11 +27,12 @@ class PatchScorer:
         if bundle.extractor_path is not None:
             from humwatch.agent.model.extractor import Extractor  # loads the TFLite runtime only when a CNN is used
 
-            self.extractor = Extractor(bundle.extractor_path, num_threads=num_threads)
+            self.extractor = Extractor(bundle.extractor_path, num_threads=num_threads, check=False)
             if self.extractor.sha256 != bundle.extractor_sha256:
                 raise ModelError(f"{bundle.extractor_path}: sha256 {self.extractor.sha256[:12]} is not the extractor "
                                  f"the bundle was calibrated with ({bundle.extractor_sha256[:12]}); recalibrate or "
                                  "restore the model")
+            self.extractor.check_known_answers()  # the right model: does this runtime compute what it should?
         # Entries reading one detector file (its two readings) share one loaded detector and one scoring per batch.
         self.detectors: dict[str, Detector] = {file: self._load(e)
                                                for file, e in {e.file: e for e in bundle.detectors}.items()}
