@@ -90,9 +90,9 @@ mkdir -p "$root$(dirname "$model")" "$root/opt/smoke"
 cp "$model" "$model".* "$root$(dirname "$model")/"
 model_in_root=$model
 rm -rf "$root/opt/smoke"/*; mkdir -p "$root/opt/smoke/calibrate" "$root/opt/smoke/score"
-ls "$audio"/train/*.wav | head -40 | xargs -I{} cp {} "$root/opt/smoke/calibrate/"
-ls "$audio"/train/*.wav | tail -4 | xargs -I{} cp {} "$root/opt/smoke/score/"
-cp "$audio"/test/*.wav "$root/opt/smoke/score/"
+clips=("$audio"/train/*.wav)  # an array, not `ls | head`: pipefail would trip on head's early close
+cp "${clips[@]:0:40}" "$root/opt/smoke/calibrate/"
+cp "${clips[@]: -4}" "$audio"/test/*.wav "$root/opt/smoke/score/"
 cp -r "$root/opt/smoke" "$work/smoke"
 
 say "x86: calibrate (--preset paper) and score"
@@ -113,7 +113,8 @@ started=$SECONDS
 arm sh -c 'humwatch score --bundle /opt/smoke/x86-bundle --json /opt/smoke/score/*.wav' \
   >"$work/arm-scores.jsonl" 2>"$work/arm-score.log" || true
 [ -s "$work/arm-scores.jsonl" ] || { say "FAILED: arm64 score: $(tail -1 "$work/arm-score.log")"; exit 1; }
-say "arm64: scored $(ls "$work"/smoke/score/*.wav | wc -l) files in $((SECONDS - started)) s"
+scored=("$work"/smoke/score/*.wav)
+say "arm64: scored ${#scored[@]} files in $((SECONDS - started)) s"
 "$repo/.venv/bin/python" - "$work/x86-scores.jsonl" "$work/arm-scores.jsonl" <<'EOF'
 import json, sys
 import numpy as np
@@ -153,7 +154,7 @@ port=$("$repo/.venv/bin/python" -c "import socket; s=socket.socket(); s.bind(('1
 printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" >"$work/mosquitto.conf"
 mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
 broker_pid=$!
-replay=$(ls "$root"/opt/smoke/score/*.wav | head -1); replay=${replay#"$root"}
+replays=("$root"/opt/smoke/score/*.wav); replay=${replays[0]#"$root"}
 cat >"$root/opt/smoke/smoke.toml" <<EOF
 [machine]
 name = "smoke"

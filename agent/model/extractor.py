@@ -47,8 +47,11 @@ def read_sidecar(model_path: str | Path) -> dict:
     return info
 
 
-MAX_BATCH = 64
-"""Images per invoke: bounds the interpreter's tensor arena (and XNNPack's reshape) however long the recording."""
+MAX_BATCH = 8
+"""Images per invoke: bounds the interpreter's tensor arena (and XNNPack's reshape) however long the recording.
+The arena grows with the batch (SqueezeNet 1.1 int8: about 72 MiB resident at 64 images, 13 MiB at 8) while the
+time per image stays the same (benchmarks/RESULTS.md, "Calibration memory"); it stays allocated as long as the
+extractor lives, through a whole calibration."""
 
 
 class Extractor:
