@@ -8,6 +8,7 @@ measured across runtimes and CPUs is in docs/install.md ("A runtime that proves 
 """
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 from typing import Callable
@@ -33,8 +34,6 @@ def known_answers_path(model_path: str | Path) -> Path:
 
 def write_known_answers(model_path: str | Path, images: np.ndarray, features: np.ndarray) -> Path:
     """Store the reference images and their expected features beside the model (atomically)."""
-    import io
-
     buffer = io.BytesIO()
     np.savez(buffer, images=np.asarray(images, np.uint8), features=np.asarray(features, np.float32))
     return write_atomic(known_answers_path(model_path), buffer.getvalue(), mode=0o644)
