@@ -1,8 +1,8 @@
 """Finds, fetches, reads and checks ImageNet weights in torchvision's state-dict layout.
 
 Formats: `.npz` and `.pth` (a torch checkpoint, read without torch by humwatch.convert.checkpoint). Names searched
-for an architecture, in each directory in turn: `<arch>-imagenet.npz`, `<arch>-imagenet.pth`, then torchvision's hub cache name
-(`resnet18-f37072fd.pth`, ...). Directories, in order: `--weights-dir`, `$HUMWATCH_WEIGHTS`,
+for an architecture, in each directory in turn: `<arch>-imagenet.npz`, `<arch>-imagenet.pth`, then torchvision's
+hub cache name (`resnet18-f37072fd.pth`, ...). Directories, in order: `--weights-dir`, `$HUMWATCH_WEIGHTS`,
 `$HUMWATCH_SHARED/weights` (default: the `shared/weights` beside this checkout), torch's hub cache
 (`$TORCH_HOME/hub/checkpoints`, default `~/.cache/torch/hub/checkpoints`).
 """
