@@ -4,6 +4,7 @@
 # `calibrate` and `run` (WAV replay, a real mosquitto on 127.0.0.1), with the scores compared against this x86
 # machine's. Not part of CI: the first run takes about half an hour (debootstrap, pip, the emulated CPU).
 #   benchmarks/arm64_smoke.sh            build or reuse the root at $HUMWATCH_ARM64_ROOT (/var/tmp/humwatch-arm64/root)
+#   benchmarks/arm64_smoke.sh run        only some of the stages score, calibrate, run (default: all three)
 # Needs root (debootstrap, chroot, mounts), a converted int8 model in ~/.local/share/humwatch/models (scripts/setup)
 # and the x86 .venv. Under emulation the root sees a real Cortex-A72's /proc/cpuinfo (bound over the host's, which
 # qemu-user would otherwise show) and QEMU_CPU=cortex-a72: qemu's default CPU model offers SME, which qemu
@@ -17,6 +18,8 @@ model=${HUMWATCH_MODEL:-$HOME/.local/share/humwatch/models/squeezenet1_1-int8.tf
 audio=${HUMWATCH_SMOKE_AUDIO:-$repo/../shared/audio/dcase2020-id00}
 x86=$repo/.venv/bin/humwatch
 say() { echo "arm64_smoke: $*"; }
+stages=" ${*:-score calibrate run} "
+wants() { [[ $stages == *" $1 "* ]]; }
 
 [ "$(id -u)" -eq 0 ] || { say "run as root (debootstrap, chroot and bind mounts need it)"; exit 2; }
 [ -f "$model" ] || { say "no converted model at $model: run scripts/setup first"; exit 2; }
@@ -108,6 +111,7 @@ say "known answers, CPU $cpu: $(arm python -c "$known" "$model_in_root" 2>&1 | t
 say "known answers, qemu's default CPU (max, with SME): $(env QEMU_CPU=max "$(command -v chroot)" "$root" \
   /opt/venv/bin/python -c "$known" "$model_in_root" 2>&1 | tail -1 | cut -c1-300)"
 
+if wants score; then
 say "arm64: score with the x86 bundle"
 started=$SECONDS
 arm sh -c 'humwatch score --bundle /opt/smoke/x86-bundle --json /opt/smoke/score/*.wav' \
@@ -128,6 +132,9 @@ for a, b in zip(x86, arm):
 print(f"arm64_smoke: score: {len(x86)} files, largest window-score difference x86 vs arm64: {worst:.2e}")
 EOF
 
+fi
+
+if wants calibrate; then
 say "arm64: calibrate (--preset paper) on the same 40 clips"
 started=$SECONDS
 arm humwatch calibrate /opt/smoke/calibrate --model "$model" --machine smoke --preset paper --out /opt/smoke/arm-bundle \
@@ -149,12 +156,26 @@ for key in ("high", "heldout_score_median", "heldout_score_max"):
     print(f"arm64_smoke: calibrate: {key}: x86 {find(x86, key)}, arm64 {find(arm, key)}")
 EOF
 
+fi
+
+wants run || { say "done"; exit 0; }
 say "arm64: run (WAV replay) against mosquitto on 127.0.0.1"
 port=$("$repo/.venv/bin/python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" >"$work/mosquitto.conf"
 mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
 broker_pid=$!
-replays=("$root"/opt/smoke/score/*.wav); replay=${replays[0]#"$root"}
+# One minute of normal sound replayed at its real pace: six windows, scored once the agent is connected (a fast
+# replay of one clip can end before the emulated agent has reached the broker).
+"$repo/.venv/bin/python" - "$root/opt/smoke/replay.wav" "${clips[@]:40:6}" <<'EOF'
+import sys, wave
+with wave.open(sys.argv[1], "wb") as out:
+    for i, path in enumerate(sys.argv[2:]):
+        with wave.open(path) as clip:
+            if i == 0:
+                out.setparams(clip.getparams())
+            out.writeframes(clip.readframes(clip.getnframes()))
+EOF
+replay=/opt/smoke/replay.wav
 cat >"$root/opt/smoke/smoke.toml" <<EOF
 [machine]
 name = "smoke"
@@ -163,7 +184,7 @@ bundle = "/opt/smoke/x86-bundle"
 [audio]
 source = "file"
 file = "$replay"
-realtime = false
+realtime = true
 [alarm]
 score_interval = 1.0
 [mqtt]
