@@ -7,8 +7,8 @@
 #   benchmarks/arm64_smoke.sh run        only some of the stages score, calibrate, run (default: all three)
 # Needs root (debootstrap, chroot, mounts), a converted int8 model in ~/.local/share/humwatch/models (scripts/setup)
 # and the x86 .venv. Under emulation the root sees a real Cortex-A72's /proc/cpuinfo (bound over the host's, which
-# qemu-user would otherwise show) and QEMU_CPU=cortex-a72: qemu's default CPU model offers SME, which qemu
-# mis-emulates and LiteRT uses, giving garbage features.
+# qemu-user would otherwise show) and QEMU_CPU=cortex-a72, the board's CPU: with qemu's default CPU model, which
+# offers SME, issue 19 saw LiteRT compute garbage features (not reproduced with Debian 12's qemu 7.2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
