@@ -193,7 +193,16 @@ port = $port
 [state]
 dir = "/opt/smoke/state"
 EOF
-mosquitto_sub -h 127.0.0.1 -p "$port" -t 'humwatch/smoke/#' -v -W 600 >"$work/messages.txt" 2>/dev/null &
+# The subscriber: paho from the x86 environment (mosquitto-clients need not be installed).
+"$repo/.venv/bin/python" - "$port" >"$work/messages.txt" 2>"$work/subscriber.log" <<'EOF' &
+import sys
+import paho.mqtt.client as mqtt
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+client.on_connect = lambda c, userdata, flags, reason, properties: c.subscribe("humwatch/smoke/#")
+client.on_message = lambda c, userdata, m: print(m.topic, m.payload.decode(errors="replace"), flush=True)
+client.connect("127.0.0.1", int(sys.argv[1]))
+client.loop_forever()
+EOF
 sub_pid=$!
 arm timeout 600 humwatch run --config /opt/smoke/smoke.toml >"$work/arm-run.log" 2>&1 &
 run_pid=$!
