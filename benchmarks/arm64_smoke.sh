@@ -53,6 +53,7 @@ mounts=()
 cleanup() {
   for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[$i]}" 2>/dev/null || umount -l "${mounts[$i]}"; done
   [ -n "${broker_pid:-}" ] && kill "$broker_pid" 2>/dev/null || true
+  [ -n "${sub_pid:-}" ] && kill "$sub_pid" 2>/dev/null || true
   [ -n "${work:-}" ] && rm -rf "$work"
 }
 trap cleanup EXIT
@@ -206,15 +207,26 @@ EOF
 sub_pid=$!
 arm timeout 600 humwatch run --config /opt/smoke/smoke.toml >"$work/arm-run.log" 2>&1 &
 run_pid=$!
-for _ in $(seq 600); do
-  grep -q "^humwatch/smoke/score " "$work/messages.txt" && break
+for _ in $(seq 900); do  # the agent stops by itself at the end of the replay
   kill -0 "$run_pid" 2>/dev/null || break
   sleep 1
 done
-sleep 2
 kill -TERM "$run_pid" 2>/dev/null || true; wait "$run_pid" 2>/dev/null || true
+sleep 1
 kill "$sub_pid" 2>/dev/null || true
-say "run: $(grep -c '^humwatch/smoke/score ' "$work/messages.txt" || true) score message(s) on humwatch/smoke/score; first: $(grep -m1 '^humwatch/smoke/score ' "$work/messages.txt" | cut -c1-160)"
 say "run: agent log: $(grep -m3 -E 'INFO|ERROR' "$work/arm-run.log" | cut -c1-160 | paste -sd'|' -)"
-grep -q "^humwatch/smoke/score " "$work/messages.txt" || { say "FAILED: no score message from the arm64 agent"; exit 1; }
+"$x86" score --bundle "$work/bundle" --json "$root$replay" >"$work/x86-replay.json" 2>/dev/null || true
+"$repo/.venv/bin/python" - "$work/messages.txt" "$work/x86-replay.json" <<'EOF'
+import json, sys
+published = [json.loads(line.split(" ", 1)[1]) for line in open(sys.argv[1]) if line.startswith("humwatch/smoke/score ")]
+x86 = json.loads(open(sys.argv[2]).read() or "{}")
+by_time = dict(zip(x86.get("window_end_times", []), x86.get("window_scores", [])))
+pairs = [(m["window_score"], by_time[round(m["audio_time"], 3)]) for m in published
+         if round(m["audio_time"], 3) in by_time]
+print(f"arm64_smoke: run: {len(published)} score messages from the arm64 agent; {len(pairs)} matched to x86 "
+      f"`score` windows of the same replay" + (f", largest difference {max(abs(a - b) for a, b in pairs):.2e}, "
+      f"arm64 {', '.join(f'{a:.3f}' for a, _ in pairs[:4])} vs x86 {', '.join(f'{b:.3f}' for _, b in pairs[:4])}"
+      if pairs else ""))
+sys.exit(0 if published else 1)
+EOF
 say "done"
