@@ -29,3 +29,8 @@ class ModelError(HumwatchError):
 
 class MessageError(HumwatchError):
     """An MQTT message that is not what its topic promises."""
+
+
+class RuntimeMismatchError(ModelError):
+    """The TFLite runtime computes features that differ from the model's known answers beyond the tolerance:
+    a broken runtime, a mis-emulated CPU, a wrong delegate or a damaged model."""

@@ -6,6 +6,8 @@ per stage and the process's peak resident memory (with the resident memory just 
 libraries are loaded, to separate the libraries' share).
 
     python benchmarks/bench_calibration.py [--model squeezenet1_1-int8.tflite] [--clips 60] [--preset auto]
+    python benchmarks/bench_calibration.py --command ...   the `humwatch calibrate` command itself, in a child
+                                                           process: its wall time and peak resident memory
 
 Without --model (and no converted model in the default models folder) the model is converted first with
 `humwatch convert` into a temporary folder; that conversion is not timed.
@@ -15,7 +17,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,8 +55,13 @@ def main() -> None:
     parser.add_argument("--audio", type=Path, default=SHARED_CLIPS, help="folder of normal 10 s clips")
     parser.add_argument("--clips", type=int, default=60, help="clips used (60 x 10 s = 10 min)")
     parser.add_argument("--preset", default="auto", help="candidate pipelines (humwatch.calibration.selection.PRESETS)")
+    parser.add_argument("--command", action="store_true",
+                        help="run `humwatch calibrate` as a child process and report its peak resident memory")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.command:
+        command_peak(args)
+        return
 
     with tempfile.TemporaryDirectory() as scratch:
         model = model_path(args.model, Path(scratch) / "models")
@@ -80,6 +89,24 @@ def main() -> None:
           f"calibration's own share: {peak - baseline:.0f} MiB)")
     print(f"threshold {result.threshold.high:.3f} ({result.threshold.governed_by}), "
           f"{result.threshold.heldout_windows} held-out windows")
+
+
+def command_peak(args: argparse.Namespace) -> None:
+    """Peak RSS of the whole `humwatch calibrate` process (libraries, audio, fitting, report), as a user sees it."""
+    with tempfile.TemporaryDirectory() as scratch:
+        model = model_path(args.model, Path(scratch) / "models")
+        clips = Path(scratch) / "clips"
+        clips.mkdir()
+        for clip in sorted(args.audio.glob("*.wav"))[: args.clips]:
+            os.symlink(clip, clips / clip.name)
+        command = [str(Path(sys.executable).parent / "humwatch"), "calibrate", str(clips), "--model", str(model),
+                   "--machine", "bench", "--preset", args.preset, "--out", str(Path(scratch) / "bundle")]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"humwatch calibrate, {args.clips} clips, preset {args.preset}: wall time {wall:.1f} s, "
+          f"peak resident memory {peak:.0f} MiB")
 
 
 if __name__ == "__main__":

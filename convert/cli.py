@@ -1,8 +1,9 @@
 """`humwatch convert`: an ImageNet CNN in torchvision layout -> TFLite feature extractors for the board.
 
-Builds `<name>-float32.tflite` and `<name>-int8.tflite`, each with its `.json` sidecar, and checks them: the float
-model against Keras, the int8 model's features against float on held-out Mel patches. Only models that pass reach
-the output folder, so a failed conversion leaves the models already there as they were.
+Builds `<name>-float32.tflite` and `<name>-int8.tflite`, each with its `.json` sidecar and its known answers
+(`.known.npz`: fixed reference images and their features, which the board checks its runtime against), and checks
+them: the float model against Keras, the int8 model's features against float on held-out Mel patches. Only models
+that pass reach the output folder, so a failed conversion leaves the models already there as they were.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"architecture (default {DEFAULT_ARCH})")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--weights", type=Path, metavar="FILE",
-                        help="torchvision-layout state dict (.npz, or .pth with torch installed)")
+                        help="torchvision-layout state dict (.npz, or a torch .pth: read without torch)")
     source.add_argument("--download", action="store_true",
                         help="fetch torchvision's official checkpoint into torch's hub cache (sha256 checked)")
     source.add_argument("--random-weights", type=int, metavar="SEED",
@@ -95,8 +96,11 @@ def convert(arch: str, *, out_dir: Path, precisions: tuple[str, ...] = PRECISION
             name: str | None = None) -> dict[str, Path]:
     """Convert `arch` and write the requested precisions to `out_dir`; returns {precision: model path}."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of the progress log
+    from humwatch.agent.model.extractor import Extractor
+    from humwatch.agent.model.known_answers import write_known_answers
     from humwatch.convert import representative, tflite, verify
     from humwatch.convert.backbones import build_backbone, feature_dim
+    from humwatch.convert.known_answers import reference_images
     from humwatch.convert.weights import default_shared_dir
 
     if patches < MIN_PATCHES:
@@ -136,8 +140,13 @@ def convert(arch: str, *, out_dir: Path, precisions: tuple[str, ...] = PRECISION
                              "image_scaling": asdict(contract.FrontEndParams())})
             int8_path = tflite.write_extractor(Path(scratch) / f"{stem}-int8.tflite", *built["int8"])
             verify.int8_matches_float(int8_path, float_path, held_out)
-    paths = {precision: tflite.write_extractor(out_dir / f"{stem}-{precision}.tflite", *built[precision])
-             for precision in precisions}
+        references = reference_images()
+        known = {precision: Extractor(Path(scratch) / f"{stem}-{precision}.tflite", check=False).embed(references)
+                 for precision in precisions}
+    paths = {}
+    for precision in precisions:
+        paths[precision] = tflite.write_extractor(out_dir / f"{stem}-{precision}.tflite", *built[precision])
+        write_known_answers(paths[precision], references, known[precision])
     for precision, path in paths.items():
         log.info("wrote %s (%.2f MB)", path, len(built[precision][0]) / 1e6)
     log.info("converted %s in %.0f s", arch, time.monotonic() - started)

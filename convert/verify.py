@@ -26,7 +26,7 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def float_matches_keras(model, float_path: Path, images: np.ndarray) -> float:
     """Largest |TFLite - Keras| feature difference relative to the largest Keras feature; ModelError if too big."""
     want = np.asarray(model(images.astype(np.float32)))
-    got = Extractor(float_path).embed(images)
+    got = Extractor(float_path, check=False).embed(images)
     error = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
     log.info("float32 TFLite vs Keras on %d patches: max relative error %.2e", len(images), error)
     if error > MAX_FLOAT_RELATIVE_ERROR:
@@ -37,7 +37,8 @@ def float_matches_keras(model, float_path: Path, images: np.ndarray) -> float:
 
 def int8_matches_float(int8_path: Path, float_path: Path, images: np.ndarray) -> float:
     """Median cosine of int8 vs float features over `images`; ModelError if below MIN_INT8_COSINE."""
-    cosines = row_cosines(Extractor(int8_path).embed(images), Extractor(float_path).embed(images))
+    cosines = row_cosines(Extractor(int8_path, check=False).embed(images),
+                          Extractor(float_path, check=False).embed(images))
     median = float(np.median(cosines))
     log.info("int8 vs float32 features on %d held-out patches: median cosine %.4f (min %.4f)",
              len(images), median, float(cosines.min()))

@@ -1,8 +1,8 @@
 """Finds, fetches, reads and checks ImageNet weights in torchvision's state-dict layout.
 
-Formats: `.npz` (numpy only) and `.pth` (a torch checkpoint: needs torch). Names searched for an architecture,
-in each directory in turn: `<arch>-imagenet.npz`, `<arch>-imagenet.pth`, then torchvision's hub cache name
-(`resnet18-f37072fd.pth`, ...). Directories, in order: `--weights-dir`, `$HUMWATCH_WEIGHTS`,
+Formats: `.npz` and `.pth` (a torch checkpoint, read without torch by humwatch.convert.checkpoint). Names searched
+for an architecture, in each directory in turn: `<arch>-imagenet.npz`, `<arch>-imagenet.pth`, then torchvision's
+hub cache name (`resnet18-f37072fd.pth`, ...). Directories, in order: `--weights-dir`, `$HUMWATCH_WEIGHTS`,
 `$HUMWATCH_SHARED/weights` (default: the `shared/weights` beside this checkout), torch's hub cache
 (`$TORCH_HOME/hub/checkpoints`, default `~/.cache/torch/hub/checkpoints`).
 """
@@ -31,7 +31,16 @@ HUB_FILES = {
     "squeezenet1_0": "squeezenet1_0-b66bff10.pth",
     "squeezenet1_1": "squeezenet1_1-b8a52dc0.pth",
 }
+# The full sha256 of a published file, where known (squeezenet1_1's: the file's size and digest as listed by two
+# independent public inventories of torchvision's files); the others are checked on the name's 8 hex digits.
+HUB_SHA256 = {
+    "squeezenet1_1-b8a52dc0.pth": "b8a52dc049b60e4b6ab68ad0df457362afab8b6304b2febdc1650a5dab4d7e7b",
+}
 DOWNLOAD_URL = "https://download.pytorch.org/models/{}"
+# Mirrors and tests: fetch from `$HUMWATCH_WEIGHTS_URL/<file name>` instead, checked against
+# `$HUMWATCH_WEIGHTS_SHA256` when set (a mirror serving another build of the file), else the published digest.
+URL_ENV = "HUMWATCH_WEIGHTS_URL"
+SHA256_ENV = "HUMWATCH_WEIGHTS_SHA256"
 IGNORED_KEY_SUFFIXES = (".num_batches_tracked",)
 
 
@@ -76,7 +85,8 @@ def locate_weights(arch: str, weights_dir: Path | None = None) -> Path:
 
 
 def fetch(url: str, dest: Path, sha256_prefix: str) -> Path:
-    """Download `url` to `dest` atomically, refusing content whose sha256 does not start with `sha256_prefix`."""
+    """Download `url` to `dest` atomically, refusing content whose sha256 does not start with `sha256_prefix`
+    (a full 64-digit digest when it is known)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     try:
@@ -94,25 +104,38 @@ def fetch(url: str, dest: Path, sha256_prefix: str) -> Path:
             os.fsync(out.fileno())
         digest = file_sha256(tmp)
         if not digest.startswith(sha256_prefix):
-            raise ModelError(f"{url}: downloaded file has sha256 {digest}, expected one starting {sha256_prefix}")
+            wanted = sha256_prefix if len(sha256_prefix) == 64 else f"one starting {sha256_prefix}"
+            raise ModelError(f"{url}: downloaded file has sha256 {digest}, expected {wanted}")
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError) as exc:
-        raise ModelError(f"cannot download {url} ({getattr(exc, 'reason', exc)}); fetch it by hand into "
-                         f"{dest.parent}") from None
+        digest = sha256_prefix if len(sha256_prefix) == 64 else f"{sha256_prefix}..."
+        raise ModelError(f"cannot download {url} ({getattr(exc, 'reason', exc)}); place that file (sha256 "
+                         f"{digest}) at {dest}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return dest
 
 
-def download(arch: str, dest_dir: Path | None = None) -> Path:
-    """Fetch torchvision's official checkpoint for `arch` into `dest_dir` (default: torch's hub cache)."""
+def expected_sha256(name: str) -> str:
+    """What a hub file's sha256 must be: the full digest when known, else the 8 hex digits its name carries."""
+    return HUB_SHA256.get(name) or name.rsplit("-", 1)[1].removesuffix(".pth")
+
+
+def download_url(name: str) -> str:
+    base = os.environ.get(URL_ENV)
+    return f"{base.rstrip('/')}/{name}" if base else DOWNLOAD_URL.format(name)
+
+
+def download(arch: str, dest_dir: Path | None = None, sha256: str | None = None) -> Path:
+    """Fetch torchvision's official checkpoint for `arch` into `dest_dir` (default: torch's hub cache), checked
+    against `sha256` (default: the published digest)."""
     name = HUB_FILES[arch]
-    prefix = name.rsplit("-", 1)[1].removesuffix(".pth")
+    expected = (sha256 or os.environ.get(SHA256_ENV) or expected_sha256(name)).lower()
     dest = (dest_dir or torch_hub_dir()) / name
-    if dest.is_file() and file_sha256(dest).startswith(prefix):
+    if dest.is_file() and file_sha256(dest).startswith(expected):
         return dest
-    return fetch(DOWNLOAD_URL.format(name), dest, prefix)
+    return fetch(download_url(name), dest, expected)
 
 
 def load_state_dict(path: Path) -> dict[str, np.ndarray]:
@@ -132,20 +155,9 @@ def load_state_dict(path: Path) -> dict[str, np.ndarray]:
 
 
 def _load_torch(path: Path) -> dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError:
-        raise ModelError(f"{path}: reading a torch checkpoint needs torch (pip install torch), "
-                         "or give the same tensors as a .npz") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged or foreign file
-        raise ModelError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ModelError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
+    from humwatch.convert.checkpoint import read_checkpoint
+
+    return {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in read_checkpoint(path).items()}
 
 
 def check_state_dict(arch: str, state: dict[str, np.ndarray], source: str = "weights") -> None:

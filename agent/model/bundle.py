@@ -22,6 +22,7 @@ from humwatch.agent.durable import fsync_directory
 from humwatch.agent.errors import ModelError
 from humwatch.agent.model.scorers import WINDOW_KINDS
 from humwatch.agent.npz import read_json_object
+from humwatch.agent.model.known_answers import SUFFIX as KNOWN_ANSWERS_SUFFIX
 from humwatch.agent.signal.frames import FRAME_SOURCES
 
 MANIFEST = "bundle.json"
@@ -290,8 +291,9 @@ def write_bundle(link: str | os.PathLike, spec: PipelineSpec, details: dict, fil
     staging.mkdir()
     try:
         if extractor is not None:
-            for suffix in ("", ".json"):
-                shutil.copyfile(f"{os.fspath(extractor)}{suffix}", staging / f"{EXTRACTOR_FILE}{suffix}")
+            for suffix in ("", ".json", KNOWN_ANSWERS_SUFFIX):  # known answers travel with the model they check
+                if suffix != KNOWN_ANSWERS_SUFFIX or os.path.exists(f"{os.fspath(extractor)}{suffix}"):
+                    shutil.copyfile(f"{os.fspath(extractor)}{suffix}", staging / f"{EXTRACTOR_FILE}{suffix}")
         fill(staging)
         if known_answer is not None:
             details = {**details, "known_answer": known_answer(_staged(staging, spec, details))}

@@ -2,7 +2,8 @@
 
 A model is `<name>.tflite` plus its sidecar `<name>.tflite.json` written by `humwatch convert`. The sidecar
 records the front end the model was made for; a model made for a different signal contract is refused, because
-its features would silently mean something else.
+its features would silently mean something else. Beside them, `<name>.tflite.known.npz` holds known answers that
+every extractor checks when it opens (agent.model.known_answers): a runtime computing other features is refused.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 from humwatch.agent import contract
 from humwatch.agent.durable import file_sha256
 from humwatch.agent.errors import ModelError
-from humwatch.agent.model.runtime import load_interpreter
+from humwatch.agent.model.known_answers import check_known_answers
+from humwatch.agent.model.runtime import load_interpreter, runtime_name
 from humwatch.agent.npz import read_json_object
 
 SIDECAR_SUFFIX = ".json"
@@ -40,14 +42,19 @@ def read_sidecar(model_path: str | Path) -> dict:
     return info
 
 
-MAX_BATCH = 64
-"""Images per invoke: bounds the interpreter's tensor arena (and XNNPack's reshape) however long the recording."""
+MAX_BATCH = 8
+"""Images per invoke: bounds the interpreter's tensor arena (and XNNPack's reshape) however long the recording.
+The arena grows with the batch (SqueezeNet 1.1 int8: about 72 MiB resident at 64 images, 13 MiB at 8) while the
+time per image stays the same (benchmarks/RESULTS.md, "Calibration memory"); it stays allocated as long as the
+extractor lives, through a whole calibration."""
 
 
 class Extractor:
     """A frozen feature extractor: `.embed(images uint8 (n,64,64,3)) -> float32 (n, feature_dim)`."""
 
-    def __init__(self, model_path: str | Path, num_threads: int = 1):
+    def __init__(self, model_path: str | Path, num_threads: int = 1, check: bool = True):
+        """`check`: run the known answers first (RuntimeMismatchError beyond tolerance); only `humwatch convert`
+        opens models before their known answers exist."""
         self.path = Path(model_path)
         self.info = read_sidecar(self.path)
         self.interpreter = load_interpreter(self.path, num_threads)
@@ -62,6 +69,16 @@ class Extractor:
             raise ModelError(f"{self.path}: model output {list(self._output['shape'])} does not match "
                              f"feature_dim {self.feature_dim} in its sidecar")
         self._batch = int(self._input["shape"][0])
+        self.known_answer_difference: float | None = None
+        if check:
+            self.check_known_answers()
+
+    def check_known_answers(self) -> float | None:
+        """Run the model's known answers (RuntimeMismatchError beyond tolerance); the relative difference, or None
+        for a model without them."""
+        self.known_answer_difference = check_known_answers(
+            self.path, str(self.info.get("precision", "")), self.feature_dim, self.embed, runtime_name())
+        return self.known_answer_difference
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Features of a batch of viridis images; rows match the images' order."""

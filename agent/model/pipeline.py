@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from humwatch.agent.contract import SAMPLE_RATE, logmel_extractor_sha256
-from humwatch.agent.errors import ModelError
+from humwatch.agent.errors import ModelError, RuntimeMismatchError
 from humwatch.agent.model.bundle import MODULATION, TIMING_NAME, Bundle, DetectorEntry
 from humwatch.agent.model.scorers import Detector, load_detector
 from humwatch.agent.model.timing import StreamProfiles, TimingModel
@@ -37,11 +37,12 @@ class PatchScorer:
         if bundle.extractor_path is not None:
             from humwatch.agent.model.extractor import Extractor  # loads the TFLite runtime only when a CNN is used
 
-            self.extractor = Extractor(bundle.extractor_path, num_threads=num_threads)
+            self.extractor = Extractor(bundle.extractor_path, num_threads=num_threads, check=False)
             expected = bundle.spec.extractor_sha256 or ""
             if self.extractor.sha256 != expected:
                 raise ModelError(f"{bundle.extractor_path}: sha256 {self.extractor.sha256[:12]} is not the extractor "
                                  f"the bundle was calibrated with ({expected[:12]}); recalibrate or restore the model")
+            self.extractor.check_known_answers()  # the right model: does this runtime compute what it should?
         # Entries reading one detector file (its two readings) share one loaded detector and one scoring per batch.
         self.detectors: dict[str, Detector] = {file: self._load(e)
                                                for file, e in {e.file: e for e in bundle.spec.detectors}.items()}
@@ -233,7 +234,7 @@ def check_known_answer(pipeline: "Pipeline") -> None:
                          f"{got.size}; recalibrate")
     difference = float(np.max(np.abs(got - expected))) if got.size else 0.0
     if not difference <= KNOWN_ANSWER_TOLERANCE:
-        raise ModelError(f"{bundle.path}: this runtime scores the reference sound {difference:.3g} normal standard "
+        raise RuntimeMismatchError(f"{bundle.path}: this runtime scores the reference sound {difference:.3g} normal standard "
                          f"deviations away from what calibration recorded (tolerance {KNOWN_ANSWER_TOLERANCE}): the "
                          "model, the TFLite runtime or the CPU computes something else; check the install "
                          "(tflite-runtime/ai-edge-litert version, delegate) or recalibrate on this board")

@@ -23,6 +23,7 @@ from typing import Callable
 
 from humwatch.agent.durable import write_atomic
 from humwatch.agent.errors import ConfigError
+from humwatch.agent.service.ownership import give_to
 
 USER = "humwatch"
 AUDIO_GROUP = "audio"
@@ -214,7 +215,10 @@ def install_plan(instance: str, target: Target, executable: pathlib.Path, versio
     owner = USER if live else None
     actions.append(make_dir(target.path(STATE_DIR), 0o755))
     actions.append(make_dir(target.state(instance), 0o750, owner))
-    if live:
+    if live:  # files an earlier `sudo humwatch run` left there would lock the service out of its own outbox
+        state = target.state(instance)
+        actions.append(Action(f"give everything in {state} to {USER} (repairs what a run as root left)",
+                              lambda: give_to(state, USER)))
         actions.append(systemctl("daemon-reload"))
     return actions
 

@@ -37,6 +37,7 @@ from humwatch.agent.model.bundle import Bundle
 from humwatch.agent.model.pipeline import PatchScore, Pipeline, check_known_answer
 from humwatch.agent.service.alarm import AlarmPolicy, ChunkStats, SensorEvent, SensorHealth
 from humwatch.agent.service.capture import AudioSource, DeviceSource, open_source
+from humwatch.agent.service.ownership import refuse_foreign_state
 from humwatch.agent.service.sdnotify import Notifier, watchdog_interval
 from humwatch.agent.signal.frontend import clip_patches
 from humwatch.agent.transport.messages import AlarmMessage, ModelIds, ScoreMessage, State, StateMessage
@@ -319,6 +320,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload while starting must not kill the agent
     config = load_config(args.config)
+    refuse_foreign_state(config.state.dir, args.config, args.config.stem)  # humwatch@<stem> reads <stem>.toml
     agent = Agent(config)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop.set())

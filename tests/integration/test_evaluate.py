@@ -13,7 +13,7 @@ from humwatch.agent.contract import FrontEndParams
 from humwatch.cli import main
 from humwatch.evaluation.cache import FeatureCache
 from humwatch.evaluation.datasets import find_machines
-from humwatch.evaluation.features import cnn_source, logmel_source
+from humwatch.evaluation.features import cnn_source
 from humwatch.evaluation.methods import DetectorMethod
 from humwatch.evaluation.protocol import split
 from humwatch.evaluation.runner import run_protocol

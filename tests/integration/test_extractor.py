@@ -135,3 +135,17 @@ def test_tflite_runtime_with_numpy_1_gives_the_same_features(tflite_runtime_pyth
     # int8 kernels may round a step differently across runtime versions; the features stay int8-faithful.
     assert row_cosines(int8, Extractor(squeezenet_int8).embed(images)).min() >= 0.99
     assert np.median(row_cosines(int8, float32)) >= 0.98
+
+
+
+def test_litert_delegate_banner_is_silenced(squeezenet_int8):
+    """LiteRT prints `INFO: Created TensorFlow Lite XNNPACK delegate for CPU.` straight to fd 2 from C++ (whatever
+    TF_CPP_MIN_LOG_LEVEL says); loading a model through humwatch prints nothing."""
+    script = "import sys; from humwatch.agent.model.extractor import Extractor; Extractor(sys.argv[1]); print('ok')"
+    done = subprocess.run([sys.executable, "-c", script, str(squeezenet_int8)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout == "ok\n" and done.stderr == "", done.stderr
+    bare = "import sys; from ai_edge_litert.interpreter import Interpreter; Interpreter(sys.argv[1]).allocate_tensors()"
+    done = subprocess.run([sys.executable, "-c", bare, str(squeezenet_int8)], capture_output=True, text=True,
+                          timeout=120)
+    assert "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." in done.stderr  # what is being silenced

@@ -133,3 +133,22 @@ def test_a_program_or_its_python_under_home_is_refused(tmp_path, program):
 def test_bad_instance_name_is_refused(program, capsys):
     assert main(["install-service", "--dry-run", "--executable", str(program), "--instance", "../etc"]) == 2
     assert "--instance '../etc'" in capsys.readouterr().err
+
+
+def test_installed_config_offers_a_wav_replay_by_uncommenting_three_lines(tmp_path, program, capsys):
+    import wave
+
+    root = tmp_path / "root"
+    assert install(capsys, "--prefix", str(root), "--executable", str(program), "--instance", "fan2")[0] == 0
+    text = (root / "etc/humwatch/fan2.toml").read_text()
+    assert '\n#file = "/var/lib/humwatch/fan2/replay.wav"\n' in text and "\n#realtime = true\n" in text
+    replay = tmp_path / "replay.wav"
+    with wave.open(str(replay), "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000), out.writeframes(b"\0\0" * 16000)
+    text = (text.replace('\n#source = "device"\n', '\nsource = "file"\n')
+                .replace('\n#file = "/var/lib/humwatch/fan2/replay.wav"\n', f'\nfile = "{replay}"\n')
+                .replace("\n#realtime = true\n", "\nrealtime = false\n"))
+    edited = tmp_path / "fan2.toml"
+    edited.write_text(text)
+    config = load_config(edited)
+    assert (config.audio.source, config.audio.file, config.audio.realtime) == ("file", replay, False)
