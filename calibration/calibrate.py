@@ -25,6 +25,7 @@ from humwatch.agent.durable import write_atomic
 from humwatch.agent.errors import AudioError, ConfigError, ModelError
 from humwatch.agent.model.bundle import write_bundle
 from humwatch.agent.model.extractor import Extractor
+from humwatch.agent.model.reference import normal_reference, write_normal_reference
 from humwatch.agent.signal.mel import mel_db
 from humwatch.calibration.collect import Block, survey
 from humwatch.calibration.selection import PRESETS, Selection, choose_pipeline, prepare_clip, preset_uses_cnn
@@ -171,7 +172,7 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
             with clock("bundle"):
                 try:
                     calibration.bundle_dir = write_bundle(out, _manifest(calibration, extractor, params),
-                                                          _filler(selection, reports),
+                                                          _filler(selection, reports, blocks),
                                                           extractor=model_path if selection.uses_cnn else None)
                 except OSError as exc:
                     raise ModelError(f"{out}: cannot write the bundle ({exc.strerror or exc}); the bundle in use "
@@ -221,12 +222,16 @@ def _threshold_warnings(threshold: Threshold, detector: str) -> list[str]:
     return messages
 
 
-def _filler(selection: Selection, reports: list[Path]):
-    """What write_bundle calls to put the detectors and the report into the new version directory."""
+def _filler(selection: Selection, reports: list[Path], blocks: list[Block]):
+    """What write_bundle calls to put the detectors, the report and the normal reference (the evidence pictures'
+    typical normal spectrogram, optional for the agent) into the new version directory."""
     def fill(directory: Path) -> None:
         selection.fill(directory)
         for path in reports:
             shutil.copyfile(path, directory / path.name)
+        reference = normal_reference(block.samples for block in blocks)
+        if reference is not None:
+            write_normal_reference(directory, reference)
     return fill
 
 
