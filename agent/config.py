@@ -112,6 +112,36 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
+class EvidenceConfig:
+    enabled: bool = setting(True, doc="keep the sound and a picture of every raised alarm under <state.dir>/evidence")
+    max_mb: float = setting(200.0, doc="disk budget of all kept evidence (MB); the oldest is removed first",
+                            check=_positive)
+    pre_seconds: float = setting(30.0, doc="seconds of sound kept from before the alarm's decision",
+                                 check=_between(0, 120))
+    post_seconds: float = setting(10.0, doc="seconds of sound kept from after the decision", check=_between(0, 60))
+    publish_image: bool = setting(True, doc="publish the picture (retained) on <prefix>/<machine>/evidence/image")
+    publish_audio: bool = setting(False, doc="also publish the WAV (retained) on <prefix>/<machine>/evidence/audio")
+    audio_max_kb: int = setting(2048, doc="a WAV larger than this (kB) is not published, only kept",
+                                check=_between(1, 65536))
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_mb * 1_000_000)
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    days: int = setting(3, doc="full days in a row a drift rule must hold before recalibration is suggested",
+                        check=_between(1, 60))
+    median_shift: float = setting(1.0, doc="a day's median window score this many held-out SDs away from the "
+                                           "calibration's held-out median counts as drifted", check=_positive)
+    p95_margin: float = setting(0.5, doc="a day's 95th percentile this close (held-out SDs) below the alarm "
+                                         "threshold, or above it, counts as drifted", check=_at_least(0))
+    min_windows: int = setting(1000, doc="window scores a day needs to count (about 2.3 h of sound)",
+                               check=_at_least(1))
+
+
+@dataclass(frozen=True)
 class Config:
     machine: MachineConfig
     model: ModelConfig
@@ -120,12 +150,15 @@ class Config:
     sensor: SensorConfig = SensorConfig()
     mqtt: MqttSettings = MqttSettings()
     state: StateConfig = StateConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
+    drift: DriftConfig = DriftConfig()
     path: pathlib.Path | None = None  # the file this was read from
 
 
 SECTIONS: dict[str, type] = {
     "machine": MachineConfig, "audio": AudioConfig, "model": ModelConfig, "alarm": AlarmConfig,
     "sensor": SensorConfig, "mqtt": MqttSettings, "state": StateConfig,
+    "evidence": EvidenceConfig, "drift": DriftConfig,
 }
 REQUIRED_SECTIONS = ("machine", "model")
 
