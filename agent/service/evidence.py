@@ -170,6 +170,15 @@ class EvidenceStore:
         return copies
 
 
+def labelled_audio(state_dir: str | os.PathLike, verdict: str) -> list[pathlib.Path]:
+    """The WAVs of the kept alarms an operator has judged `verdict` ("normal" or "fault"), oldest first. Only a
+    `normal` verdict ever makes a clip calibration audio: a fault is never learned as the machine's normal sound."""
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict must be one of {VERDICTS}, not {verdict!r}")
+    return [e.audio for e in EvidenceStore(state_dir).all()
+            if e.verdict is not None and e.verdict.get("verdict") == verdict and e.audio.is_file()]
+
+
 def _json(value: dict) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
 
