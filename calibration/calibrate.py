@@ -70,6 +70,7 @@ class Calibration:
     warnings: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     bundle_dir: Path | None = None
+    source_files: list[str] = field(default_factory=list)  # WAV files calibrated on (extend_bundle reuses them)
 
     def stats(self) -> dict:
         """The calibration's statistics as stored in bundle.json."""
@@ -82,6 +83,7 @@ class Calibration:
             "fit_score_max": float(fit.max()) if len(fit) else None,
             "fit_windows_above_threshold": int(np.sum(fit > self.threshold.high)),
             "warnings": list(self.warnings), "stage_seconds": dict(self.stage_seconds),
+            "source_files": list(self.source_files),
         }
 
     def summary_lines(self) -> list[str]:
@@ -159,6 +161,7 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
         result.update(machine=machine, selection=selection, model_path=Path(model_path) if extractor else None,
                       extractor_sha256=sha256, seconds=checked.seconds,
                       sources=len({b.source for b in blocks}),
+                      source_files=sorted({str(Path(b.source).resolve()) for b in blocks if Path(b.source).is_file()}),
                       warnings=checked.warnings + selection.warnings
                       + _threshold_warnings(result["threshold"], selection.chosen.name),
                       stage_seconds=clock.seconds)

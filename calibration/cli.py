@@ -46,10 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", choices=tuple(DETECTOR_PRESETS), default=None,
                         help="fit only this detector on CNN features (gmm = --preset paper, ocsvm = --preset "
                              "cnn-ocsvm)")
-    parser.add_argument("--false-alarms-per-day", type=float, default=DEFAULT_FALSE_ALARMS_PER_DAY, metavar="RATE",
-                        help="false alarms per day the threshold aims at on normal sound (default: 1 per week)")
+    parser.add_argument("--false-alarms-per-day", type=float, default=None, metavar="RATE",
+                        help="false alarms per day the threshold aims at on normal sound (default: 1 per week; "
+                             "with --add-evidence: the bundle's own)")
     parser.add_argument("--report-dir", type=pathlib.Path, metavar="DIR",
                         help="also write the report (PNG and text) here; it is always kept inside the bundle")
+    parser.add_argument("--add-evidence", nargs="?", const=True, metavar="STATE_DIR",
+                        help="recalibrate the bundle with the alarm clips an operator marked normal (`humwatch "
+                             "feedback ID normal`) added to its normal sound; STATE_DIR defaults to the config's "
+                             "state.dir. The earlier normal sound is the WAV files the bundle records, or the WAV "
+                             "files/folders given. Clips marked fault are never added")
     parser.add_argument("--rollback", action="store_true",
                         help="restore the bundle the last calibration replaced, and do nothing else")
 
@@ -60,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
     out = _bundle_path(args.out, config, machine)
     if args.rollback:
         return _rollback(args, out)
+    if args.false_alarms_per_day is not None and not args.false_alarms_per_day > 0:
+        raise ConfigError(f"--false-alarms-per-day {args.false_alarms_per_day}: must be greater than 0")
+    if args.add_evidence is not None:
+        return _add_evidence(args, config, out)
+    if args.false_alarms_per_day is None:
+        args.false_alarms_per_day = DEFAULT_FALSE_ALARMS_PER_DAY
     for folder in (out.absolute().parent, versions_dir(out.absolute())):  # where the link and the versions go
         refuse_unwritable(f"--out {out}" if args.out else f"bundle path {out}", folder)
     if args.report_dir is not None:
@@ -78,8 +90,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.record is not None and args.sources:
         raise ConfigError("give either --record MINUTES or WAV files/folders, not both")
-    if not args.false_alarms_per_day > 0:
-        raise ConfigError(f"--false-alarms-per-day {args.false_alarms_per_day}: must be greater than 0")
     if args.record is not None:
         audio = config.audio if config else None
         device = _device(args.device) if args.device is not None else (audio.device if audio else None)
@@ -98,6 +108,34 @@ def run(args: argparse.Namespace) -> int:
                        num_threads=config.model.threads if config else 1)
     print("\n".join(result.summary_lines()))
     print("the agent uses the new bundle after `systemctl reload` (SIGHUP) or a restart")
+    return 0
+
+
+def _add_evidence(args: argparse.Namespace, config, out: pathlib.Path) -> int:
+    from humwatch.agent.service.evidence import evidence_root, labelled_audio
+    from humwatch.calibration.extend import extend_bundle
+
+    if args.record is not None:
+        raise ConfigError("--add-evidence recalibrates on WAV files; it does not record")
+    if args.add_evidence is True:
+        if config is None:
+            raise ConfigError("--add-evidence: give the state directory (--add-evidence STATE_DIR) or --config FILE")
+        state_dir = config.state.dir
+    else:
+        state_dir = pathlib.Path(args.add_evidence)
+    clips = labelled_audio(state_dir, "normal")
+    if not clips:
+        raise ConfigError(f"--add-evidence: {evidence_root(state_dir)} holds no alarm marked normal "
+                          "(`humwatch feedback ID normal`)")
+    for folder in (out.absolute().parent, versions_dir(out.absolute())):
+        refuse_unwritable(f"bundle path {out}", folder)
+    preset = DETECTOR_PRESETS[args.detector] if args.detector else args.preset
+    result = extend_bundle(out, clips, base_sources=args.sources or None, model_path=args.model, preset=preset,
+                           false_alarms_per_day=args.false_alarms_per_day,
+                           num_threads=config.model.threads if config else 1)
+    print("\n".join(result.summary_lines()))
+    print(f"added {len(clips)} clip(s) marked normal; `humwatch calibrate --rollback` restores the previous bundle; "
+          "the agent uses the new one after `systemctl reload` (SIGHUP) or a restart")
     return 0
 
 
