@@ -226,21 +226,11 @@ class Topics:
     def score(self) -> str:
         return self._topic("score")
 
-    @property
-    def evidence(self) -> str:
-        return self._topic("evidence")
-
-    @property
-    def evidence_image(self) -> str:
-        return self._topic("evidence/image")
-
-    @property
-    def evidence_audio(self) -> str:
-        return self._topic("evidence/audio")
-
-    @property
-    def command(self) -> str:
-        return self._topic("command")
+    # The evidence of the last alarm (JSON, PNG, WAV; retained) and the operator's commands to the board.
+    evidence = property(lambda self: self._topic("evidence"))
+    evidence_image = property(lambda self: self._topic("evidence/image"))
+    evidence_audio = property(lambda self: self._topic("evidence/audio"))
+    command = property(lambda self: self._topic("command"))
 
 
 def make_client(settings: MqttSettings, client_id: str, clean_session: bool = True,
