@@ -29,7 +29,9 @@ def score_evidence(state_dir: pathlib.Path, pipeline: Pipeline) -> list[dict]:
     return results
 
 
-def evaluate_evidence(state_dir: pathlib.Path, bundle_dir: pathlib.Path, threads: int = 1, as_json: bool = False) -> int:
+def evaluate_evidence(state_dir: pathlib.Path, bundle_dir: pathlib.Path, threads: int = 1,
+                      as_json: bool = False) -> int:
+    """Print each labelled clip's score and whether the bundle agrees with its verdict; returns 0."""
     pipeline = Pipeline(Bundle.load(bundle_dir), num_threads=threads)
     results = score_evidence(state_dir, pipeline)
     if not results:

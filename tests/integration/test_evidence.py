@@ -22,12 +22,15 @@ from humwatch.agent.service.evidence import AUDIO, PICTURE, EvidenceStore
 from humwatch.agent.signal.audio import read_wav
 from humwatch.agent.signal.picture import BOTTOM_PANEL_Y, PICTURE_HEIGHT, PICTURE_WIDTH
 from humwatch.agent.signal.wav import WAV_HEADER_BYTES, to_pcm16, wav_bytes
-from tests.integration.test_service import (  # noqa: F401 - its fixtures: one calibration per run
-    agent_bundle, agents, back_and_forth, fault_clip, normal_clip)
+from tests.integration import test_service
+from tests.integration.test_service import back_and_forth
 from tests.plugins.broker import Subscriber
 from tests.unit.test_evidence import decode_png
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+# test_service's fixtures, shared: one calibrated bundle per run
+agent_bundle, agents = test_service.agent_bundle, test_service.agents
+normal_clip, fault_clip = test_service.normal_clip, test_service.fault_clip
 SPEED = 3.0
 ONSET, FAULT_SECONDS = 30.0, 20.0
 RATE = 16000

@@ -203,3 +203,21 @@ def test_a_good_command_stores_the_verdict_beside_the_evidence(held):
     CommandHandler(store)(json.dumps({"command": "feedback", "alarm_id": "last", "verdict": "normal"}).encode())
     assert store.get(alarm_id).verdict["verdict"] == "normal" and store.get(alarm_id).verdict["source"] == "mqtt"
     assert labelled_audio(store.root.parent, "normal") == [store.root / alarm_id / AUDIO]
+
+
+def test_evidence_and_drift_settings_are_checked_like_every_section(tmp_path):
+    from humwatch.agent.config import parse_config
+    from humwatch.agent.errors import ConfigError
+
+    base = {"machine": {"name": "pump1"}, "model": {"bundle": "bundle"}}
+    config = parse_config({**base, "evidence": {"max_mb": 50, "publish_audio": True}, "drift": {"days": 5}}, tmp_path)
+    assert config.evidence.max_bytes == 50_000_000 and config.evidence.publish_audio and config.drift.days == 5
+    assert parse_config(base, tmp_path).evidence.enabled  # on by default
+    with pytest.raises(ConfigError) as error:
+        parse_config({**base, "evidence": {"max_mb": 0, "pre_seconds": 500, "enable": False},
+                      "drift": {"median_shift": "1"}}, tmp_path)
+    lines = str(error.value).splitlines()
+    assert any(line.startswith("evidence.max_mb: must be greater than 0") for line in lines)
+    assert any(line.startswith("evidence.pre_seconds: must be between 0 and 120") for line in lines)
+    assert any(line.startswith("evidence.enable: unknown key") for line in lines)
+    assert any(line.startswith("drift.median_shift: must be a number") for line in lines)
