@@ -81,12 +81,17 @@ class EvidenceRecorder:
                  published: Published | None = None) -> None:
         self.store = store
         self.pre, self.post = int(pre_seconds * SAMPLE_RATE), int(post_seconds * SAMPLE_RATE)
-        self.ring = PreRoll(pre_seconds + post_seconds + 1.0)  # the pre-roll must outlive the after-roll
+        self.ring = self.ring_for(pre_seconds, post_seconds)
         self._published = published
         self._pending: list[_Pending] = []
         self._jobs: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
         self._writer = threading.Thread(target=self._write_loop, name="evidence-writer", daemon=True)
         self._writer.start()
+
+    @staticmethod
+    def ring_for(pre_seconds: float, post_seconds: float) -> PreRoll:
+        """The ring an alarm's whole span fits in: its pre-roll must outlive the after-roll."""
+        return PreRoll(pre_seconds + post_seconds + 1.0)
 
     def push(self, samples: np.ndarray, now: float) -> None:
         """Every chunk of the stream, in order (silence too: a dead microphone is evidence of itself)."""

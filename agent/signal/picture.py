@@ -3,7 +3,7 @@ viridis on one dB scale, with the readings written beside them. numpy alone, for
 
 Layout (PICTURE_WIDTH x PICTURE_HEIGHT, always, whether or not a reference exists):
     title line;
-    alarm spectrogram (SPECTROGRAM_WIDTH x 2 rows per Mel band), a white tick above it at the decision;
+    alarm spectrogram (SPECTROGRAM_WIDTH x 2 rows per Mel band), a red tick above it at the decision;
     its caption and the readings to its right;
     normal reference spectrogram, same size (or a grey panel saying the bundle has none), its caption to the right;
     the dB colour scale at the bottom.
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from humwatch.agent.contract import HOP_LENGTH, N_MELS, SAMPLE_RATE
+from humwatch.agent.contract import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
 from humwatch.agent.signal.glyphs import LINE_HEIGHT, draw_text
-from humwatch.agent.signal.mel import mel_db
+from humwatch.agent.signal.mel import frame_count, mel_db_frames
 from humwatch.agent.signal.viridis import VIRIDIS_RGB, colour_indices
 
 PICTURE_WIDTH, PICTURE_HEIGHT = 800, 330
@@ -27,6 +27,19 @@ BOTTOM_PANEL_Y = TOP_PANEL_Y + PANEL_HEIGHT + 18
 SCALE_Y = BOTTOM_PANEL_Y + PANEL_HEIGHT + 10
 TEXT_X = MARGIN + SPECTROGRAM_WIDTH + 12
 BACKGROUND, INK, DIM, ALERT = (24, 24, 28), (235, 235, 235), (150, 150, 150), (255, 110, 90)
+
+
+BLOCK_FRAMES = 256  # frames per STFT block: the picture's spectrogram costs a few MB, not the whole clip's FFT
+
+
+def mel_db_in_blocks(samples: np.ndarray) -> np.ndarray:
+    """(N_MELS, frames) dB Mel spectrogram as `mel.mel_db` (centred frames), computed BLOCK_FRAMES frames at a
+    time: 40 s at once would hold some 25 MB of FFT input and output on the board."""
+    padded = np.pad(np.asarray(samples, dtype=np.float32), N_FFT // 2)
+    frames = frame_count(len(padded))
+    blocks = [mel_db_frames(padded[start * HOP_LENGTH: (min(start + BLOCK_FRAMES, frames) - 1) * HOP_LENGTH + N_FFT])
+              for start in range(0, frames, BLOCK_FRAMES)]
+    return np.concatenate(blocks).T if blocks else np.empty((N_MELS, 0), np.float32)
 
 
 def columns(db: np.ndarray, width: int) -> np.ndarray:
@@ -59,7 +72,7 @@ def evidence_picture(samples: np.ndarray, decision_second: float, title: str, re
     written beside the alarm spectrogram (detector readings, threshold)."""
     canvas = np.empty((PICTURE_HEIGHT, PICTURE_WIDTH, 3), np.uint8)
     canvas[:] = BACKGROUND
-    alarm = columns(mel_db(samples), SPECTROGRAM_WIDTH)
+    alarm = columns(mel_db_in_blocks(samples), SPECTROGRAM_WIDTH)
     finite = alarm[np.isfinite(alarm)]
     pool = finite if reference_db is None else np.concatenate([finite, reference_db.ravel()])
     low, high = (np.percentile(pool, [1.0, 99.5]) if pool.size else (-100.0, 0.0))
@@ -69,7 +82,7 @@ def evidence_picture(samples: np.ndarray, decision_second: float, title: str, re
     seconds = len(samples) / SAMPLE_RATE
     if seconds > 0:
         tick = MARGIN + min(int(decision_second / seconds * SPECTROGRAM_WIDTH), SPECTROGRAM_WIDTH - 1)
-        canvas[TOP_PANEL_Y - 5: TOP_PANEL_Y - 1, tick] = INK
+        canvas[TOP_PANEL_Y - 7: TOP_PANEL_Y - 1, tick: tick + 2] = ALERT
     _write(canvas, TEXT_X, TOP_PANEL_Y, [f"ALARM AUDIO {seconds:.1f} S", f"DECISION AT {decision_second:.1f} S",
                                          ""], DIM)
     _write(canvas, TEXT_X, TOP_PANEL_Y + 3 * LINE_HEIGHT, readings)

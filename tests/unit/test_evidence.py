@@ -70,6 +70,14 @@ def test_picture_has_its_documented_size_with_or_without_a_reference():
     assert not np.array_equal(with_reference, alone)
 
 
+def test_the_pictures_spectrogram_in_blocks_is_the_front_ends_spectrogram():
+    from humwatch.agent.signal.mel import mel_db
+    from humwatch.agent.signal.picture import mel_db_in_blocks
+
+    _, samples = noise(12.3)
+    assert np.array_equal(mel_db_in_blocks(samples), mel_db(samples))
+
+
 def test_pre_roll_keeps_the_last_samples_bit_for_bit_in_any_chunking():
     pcm, samples = noise(5.0)
     ring = PreRoll(2.0)
