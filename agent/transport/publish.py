@@ -324,8 +324,8 @@ def _drift_entities(settings: MqttSettings, topics: Topics, node: str, common: d
         f"{prefix}/sensor/{node}/daily_median_score/config": {
             "name": "Daily median window score", "unique_id": f"{node}_daily_median_score",
             "entity_category": "diagnostic", "state_class": "measurement", "state_topic": topics.score,
-            "value_template": "{{ value_json.drift.median if value_json.drift is defined and value_json.drift.median "
-                              "is not none else 'unknown' }}",
+            # "None" is what Home Assistant's MQTT sensor takes for unknown (no window scored yet today)
+            "value_template": "{{ value_json.drift.median if value_json.drift is defined else none }}",
             "json_attributes_topic": topics.score, "json_attributes_template": "{{ value_json.drift | tojson }}",
             **common,
         },

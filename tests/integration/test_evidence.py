@@ -66,7 +66,7 @@ def test_a_fault_leaves_its_sound_and_picture_delivered_and_judged(
     device = alsa_device(speed=SPEED)
     device.play(audio)
     subscriber = subscribe(["humwatch/pump1/#", "homeassistant/#"])
-    agent = agents(device.env, agent_bundle.path, mosquitto).start()
+    agent = agents(device.env, agent_bundle.path, mosquitto, evidence={"publish_audio": True}).start()
     # one machine anomaly, then the silence after the audio is a sensor fault: both keep evidence
     evidence_of = lambda msgs, kind: [m.json() for m in msgs if m.topic == "humwatch/pump1/evidence"  # noqa: E731
                                       and m.json()["id"] in {a.json()["id"] for a in msgs if a.topic.endswith("/alarm")
@@ -107,6 +107,8 @@ def test_a_fault_leaves_its_sound_and_picture_delivered_and_judged(
     finally:
         late.close()
     assert image.retain and image.payload == store.get(sensor["id"]).picture.read_bytes()
+    sounds = subscriber.wait_on("humwatch/pump1/evidence/audio", 2)  # publish_audio: the WAVs too, in order
+    assert [m.payload for m in sounds] == [wav, store.get(sensor["id"]).audio.read_bytes()]
 
     # Home Assistant: the picture, the button and the drift diagnostics, each with the agent's availability
     discovery = {m.topic: m.json() for m in subscriber.messages if m.topic.startswith("homeassistant/")}

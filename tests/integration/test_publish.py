@@ -236,11 +236,14 @@ def render(template: str, payload: bytes) -> str:
     return jinja2.Template(template).render(value_json=json.loads(payload)).strip()
 
 
+CONFIGS = 5  # discovery configs of an agent without evidence: anomaly, sensor fault, window score, 2 drift
+
+
 def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(mosquitto, subscribe, publishers):
     discovery = subscribe(["homeassistant/+/+/+/config"])
     publishers(settings_for(mosquitto), device_info={"suggested_area": "hall 2"})
-    discovery.wait_for(lambda ms: len(ms) >= 3)
-    configs = {m.topic: m for m in subscribe(["homeassistant/#"]).wait_for(lambda ms: len(ms) >= 3)}
+    discovery.wait_for(lambda ms: len(ms) >= CONFIGS)
+    configs = {m.topic: m for m in subscribe(["homeassistant/#"]).wait_for(lambda ms: len(ms) >= CONFIGS)}
     node = "humwatch_pump-1"
     anomaly = configs[f"homeassistant/binary_sensor/{node}/anomaly/config"]
     fault = configs[f"homeassistant/binary_sensor/{node}/sensor_fault/config"]
@@ -260,6 +263,15 @@ def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(mo
     assert [render(anomaly["value_template"], p) for p in (anomalous, faulty, hidden)] == ["ON", "OFF", "ON"]
     assert [render(fault["value_template"], p) for p in (anomalous, faulty, hidden)] == ["OFF", "ON", "ON"]
     assert render(score["value_template"], b'{"window_score":1.5}') == "1.5"
+    drift = configs[f"homeassistant/binary_sensor/{node}/recalibration_suggested/config"].json()
+    median = configs[f"homeassistant/sensor/{node}/daily_median_score/config"].json()
+    for config in (drift, median):
+        assert config["entity_category"] == "diagnostic" and config["availability_topic"] == STATUS
+    advised = b'{"state":"normal","recalibration_suggested":true,"recalibration_reason":"drifted"}'
+    assert [render(drift["value_template"], p) for p in (advised, anomalous)] == ["ON", "OFF"]
+    assert render(drift["json_attributes_template"], advised) == '{"reason": "drifted"}'
+    assert render(median["value_template"], b'{"window_score":1,"drift":{"median":0.35}}') == "0.35"
+    assert render(median["value_template"], b'{"window_score":1}') == "None"  # unknown to Home Assistant
 
     ha = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="home-assistant")
     ha.connect(mosquitto.host, mosquitto.port)
@@ -267,7 +279,7 @@ def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(mo
     ha.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
     ha.disconnect()
     ha.loop_stop()
-    again = discovery.wait_for(lambda ms: len(ms) >= 6)[3:]
+    again = discovery.wait_for(lambda ms: len(ms) >= 2 * CONFIGS)[CONFIGS:]
     assert sorted(m.topic for m in again) == sorted(configs) and not any(m.retain for m in again)
 
 
