@@ -212,7 +212,7 @@ class Analysis:
     def _send_alarm(self, event: dict) -> None:
         """Queue an alarm in the outbox; a raised one also starts keeping its evidence, which is written later on
         the recorder's thread (the alarm never waits for it)."""
-        event = {"id": uuid.uuid4().hex, "time": utc_now(), "machine": self.config.machine.name, **event}
+        event = {**event, "id": uuid.uuid4().hex, "time": utc_now(), "machine": self.config.machine.name}
         if self.recorder is not None and event["event"] == "raised":
             event["evidence"] = self.recorder.alarm_raised(event["id"], event, time.monotonic(),
                                                            self.pipeline.bundle.path)
