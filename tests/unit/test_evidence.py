@@ -75,7 +75,8 @@ def test_the_pictures_spectrogram_in_blocks_is_the_front_ends_spectrogram():
     from humwatch.agent.signal.picture import mel_db_in_blocks
 
     _, samples = noise(12.3)
-    assert np.array_equal(mel_db_in_blocks(samples), mel_db(samples))
+    # float32 FFTs round a little differently with the batch size: equal to far below what a picture can show
+    np.testing.assert_allclose(mel_db_in_blocks(samples), mel_db(samples), rtol=0, atol=1e-4)
 
 
 def test_pre_roll_keeps_the_last_samples_bit_for_bit_in_any_chunking():
