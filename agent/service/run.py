@@ -106,7 +106,7 @@ class Analysis:
         bundle, drift = pipeline.bundle, self.config.drift
         calibration = bundle.manifest.get("calibration") if isinstance(bundle.manifest, dict) else None
         baseline = calibration.get("heldout_score_median") if isinstance(calibration, dict) else None
-        self.drift = DailyScoreStats(bundle.id, bundle.threshold_high,
+        self.drift = DailyScoreStats(bundle.id, self.policy.threshold_high,
                                      float(baseline) if isinstance(baseline, (int, float)) else None,
                                      DriftRules(drift.days, drift.median_shift, drift.p95_margin, drift.min_windows),
                                      self.config.state.dir / "drift.json")

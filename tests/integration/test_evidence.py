@@ -216,7 +216,8 @@ def test_a_normal_verdict_teaches_the_bundle_and_a_real_fault_stays_above(
 
     before = Pipeline(Bundle.load(link))
     first = store.get(clips[0]).audio
-    assert score_file(before, first)["max_window_score"] > before.bundle.threshold_high  # it does alarm
+    alarmed = score_file(before, first)
+    assert alarmed["verdict"] == "anomaly" and alarmed["max_window_score"] > alarmed["threshold"]  # it does alarm
     for alarm_id in clips:
         assert run_cli("feedback", alarm_id, "normal", "--state-dir", str(state)).returncode == 0
     fault_id = uuid.uuid4().hex  # a clip marked fault is never learned
@@ -231,8 +232,9 @@ def test_a_normal_verdict_teaches_the_bundle_and_a_real_fault_stays_above(
     assert after.bundle.id != before.bundle.id
     sources = after.bundle.manifest["calibration"]["source_files"]
     assert str(store.get(fault_id).audio) not in sources and str(first.resolve()) in sources
-    assert score_file(after, first)["max_window_score"] < after.bundle.threshold_high
-    assert score_file(after, anomaly)["max_window_score"] > after.bundle.threshold_high
+    learned, fault = score_file(after, first), score_file(after, anomaly)
+    assert learned["verdict"] == "normal" and learned["max_window_score"] < learned["threshold"]
+    assert fault["verdict"] == "anomaly" and fault["max_window_score"] > fault["threshold"]
     report = run_cli("evaluate", "--evidence", str(state), "--bundle", str(link))
     assert report.returncode == 0 and "marked normal: 3 of 3" in report.stdout and "marked fault: 1 of 1" in \
         report.stdout, report.stdout
