@@ -229,6 +229,42 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
+class EvidenceConfig:
+    """The sound and picture kept of every raised alarm, and what of them is published ([evidence.md](evidence.md))."""
+
+    enabled: bool = documented(True, doc="keep the sound and a picture of every raised alarm under "
+                                         "<state.dir>/evidence, and take verdicts on the command topic")
+    max_mb: float = documented(200.0, doc="disk budget of all kept evidence (MB); the oldest is removed first",
+                               check=_positive)
+    pre_seconds: float = documented(30.0, doc="seconds of sound kept from before the alarm's decision",
+                                    check=_between(0, 120))
+    post_seconds: float = documented(10.0, doc="seconds of sound kept from after the decision",
+                                     check=_between(0, 60))
+    publish_image: bool = documented(True, doc="publish the picture (retained) on <prefix>/<machine>/evidence/image")
+    publish_audio: bool = documented(False, doc="also publish the WAV (retained) on <prefix>/<machine>/evidence/audio")
+    audio_max_kb: int = documented(2048, doc="a WAV larger than this (kB) is not published, only kept",
+                                   check=_between(1, 65536))
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_mb * 1_000_000)
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """When the daily window scores say the machine's normal sound has moved and a recalibration is due."""
+
+    days: int = documented(3, doc="full days in a row a drift rule must hold before recalibration is suggested",
+                           check=_between(1, 60))
+    median_shift: float = documented(1.0, doc="a day's median window score this many held-out SDs away from the "
+                                              "calibration's held-out median counts as drifted", check=_positive)
+    p95_margin: float = documented(0.5, doc="a day's 95th percentile this close (held-out SDs) below the alarm "
+                                            "threshold, or above it, counts as drifted", check=_at_least(0))
+    min_windows: int = documented(1000, doc="window scores a day needs to count (about 2.3 h of sound)",
+                                  check=_at_least(1))
+
+
+@dataclass(frozen=True)
 class Config:
     machine: MachineConfig
     model: ModelConfig
@@ -237,12 +273,15 @@ class Config:
     sensor: SensorConfig = SensorConfig()
     mqtt: MqttConfig = MqttConfig()
     state: StateConfig = StateConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
+    drift: DriftConfig = DriftConfig()
     path: pathlib.Path | None = None  # the file this was read from
 
 
 SECTIONS: dict[str, type] = {
     "machine": MachineConfig, "audio": AudioConfig, "model": ModelConfig, "alarm": AlarmConfig,
     "sensor": SensorConfig, "mqtt": MqttConfig, "state": StateConfig,
+    "evidence": EvidenceConfig, "drift": DriftConfig,
 }
 REQUIRED_SECTIONS = ("machine", "model")
 

@@ -31,9 +31,9 @@ import numpy as np  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import humwatch.agent.model.pipeline as pipeline_module  # noqa: E402
 from humwatch.agent.contract import SAMPLE_RATE  # noqa: E402
 from humwatch.agent.model.bundle import Bundle  # noqa: E402
-import humwatch.agent.model.pipeline as pipeline_module  # noqa: E402
 from humwatch.agent.model.pipeline import Pipeline  # noqa: E402
 from humwatch.agent.paths import default_model  # noqa: E402
 from humwatch.agent.service.capture import FRAMES_PER_BUFFER  # noqa: E402
@@ -182,6 +182,12 @@ def live_agent(bundle: pathlib.Path, normal: np.ndarray, fault: np.ndarray, work
         print(f"  fault onset -> alarm at the subscriber: {arrived - onset:.2f} s (goal <= {ALARM_GOAL:.0f} s); "
               f"decided at {event['audio_time'] - FAULT_ONSET:.2f} s of audio after onset, "
               f"window score {event['window_score']:.3g} > threshold {event['threshold']:.3g}")
+        folder = work / "state" / "evidence" / event["id"]
+        deadline = time.monotonic() + 40  # its 10 s after-roll, then the writer thread
+        while not folder.is_dir() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        print(f"  peak RSS once the alarm's evidence (WAV + PNG) was written: {peak_rss_mb(agent.pid):.1f} MB "
+              f"({'written' if folder.is_dir() else 'NOT written within 40 s'}, [evidence] defaults)")
     finally:
         agent.terminate()
         agent.wait(30)

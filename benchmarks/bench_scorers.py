@@ -29,11 +29,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from humwatch.agent.contract import WINDOW_PATCHES  # noqa: E402
 from humwatch.agent.errors import ModelError  # noqa: E402
-from humwatch.calibration.workstation_scorers import load_workstation_detector  # noqa: E402
 from humwatch.agent.paths import default_model  # noqa: E402
 from humwatch.agent.signal.audio import read_wav  # noqa: E402
 from humwatch.agent.signal.frontend import PatchBatch, clip_patches  # noqa: E402
 from humwatch.calibration.detectors import KINDS, fit_detector  # noqa: E402
+from humwatch.calibration.workstation_scorers import load_workstation_detector  # noqa: E402
 
 AUDIO = pathlib.Path(__file__).resolve().parents[2] / "shared" / "audio" / "dcase2020-id00"
 STAND_IN_SHA = "0" * 64

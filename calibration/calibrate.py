@@ -26,6 +26,12 @@ from humwatch.agent.errors import AudioError, ConfigError, ModelError
 from humwatch.agent.model.bundle import MODULATION, Bundle, PipelineSpec, write_bundle
 from humwatch.agent.model.extractor import Extractor
 from humwatch.agent.model.pipeline import KNOWN_ANSWER_TOLERANCE, Pipeline, check_known_answer, reference_scores
+from humwatch.agent.model.reference import (
+    NormalReference,
+    load_normal_reference,
+    normal_reference,
+    write_normal_reference,
+)
 from humwatch.agent.signal.frontend import clip_patches
 from humwatch.agent.signal.mel import mel_db
 from humwatch.agent.signal.modulation import modulation_spectrum
@@ -203,7 +209,8 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
             with clock("bundle"):
                 try:
                     calibration.bundle_dir = write_bundle(out, *_spec(calibration, extractor, params),
-                                                          _filler(selection, reports),
+                                                          _filler(selection, reports,
+                                                                  normal_reference(b.samples for b in blocks)),
                                                           extractor=model_path if selection.uses_cnn else None,
                                                           known_answer=known_answer)
                 except OSError as exc:
@@ -213,14 +220,18 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
     return calibration
 
 
-def extend_bundle(blocks: list[Block], bundle_path: str | os.PathLike,
-                  false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY, num_threads: int = 1) -> Calibration:
-    """Add normal sound of a new operating condition to a window-knn bundle: its windows join the banks, every
-    leave-out reference and the threshold are recomputed, and a new bundle version replaces the old one atomically
-    (`--rollback` restores it). Nothing is refitted: the transforms, and so the agent's meaning of a window, stay."""
+def extend_bundle(blocks: list[Block], bundle_path: str | os.PathLike, false_alarms_per_day: float | None = None,
+                  num_threads: int = 1) -> Calibration:
+    """Add normal sound of a new operating condition (or alarm clips an operator marked normal) to a window-knn
+    bundle: its windows join the banks, every leave-out reference and the threshold are recomputed, and a new bundle
+    version replaces the old one atomically (`--rollback` restores it). Nothing is refitted: the transforms, and so
+    the agent's meaning of a window, stay. `false_alarms_per_day`: None keeps the bundle's own."""
     with threadpool_limits(limits=1):
         clock = _StageClock()
         bundle = Bundle.load(bundle_path)
+        if false_alarms_per_day is None:
+            recorded = (bundle.manifest.get("threshold") or {}).get("target_false_alarms_per_day")
+            false_alarms_per_day = float(recorded) if recorded else DEFAULT_FALSE_ALARMS_PER_DAY
         check_known_answer(Pipeline(bundle, num_threads))  # a runtime that computes otherwise must not extend it
         with clock("checks"):
             checked = survey(blocks)
@@ -234,7 +245,8 @@ def extend_bundle(blocks: list[Block], bundle_path: str | os.PathLike,
         before = bundle.manifest.get("calibration", {})
         result["fit_patches"] = result["heldout_patches"] = before.get("fit_patches", 0) + result["fit_patches"]
         result.update(machine=bundle.machine, selection=fitted, model_path=bundle.extractor_path,
-                      extractor_sha256=bundle.spec.extractor_sha256, seconds=before.get("seconds", 0.0) + checked.seconds,
+                      extractor_sha256=bundle.spec.extractor_sha256,
+                      seconds=before.get("seconds", 0.0) + checked.seconds,
                       sources=before.get("sources", 0) + len({b.source for b in blocks}),
                       warnings=checked.warnings + _threshold_warnings(result["threshold"], WINDOW_KNN),
                       stage_seconds=clock.seconds)
@@ -246,7 +258,8 @@ def extend_bundle(blocks: list[Block], bundle_path: str | os.PathLike,
         details = {"machine": bundle.machine, "threshold": calibration.threshold.to_dict(),
                    "extractor": bundle.manifest.get("extractor"), "calibration": calibration.stats()}
         try:
-            calibration.bundle_dir = write_bundle(bundle_path, spec, details, _filler(fitted, []),
+            calibration.bundle_dir = write_bundle(bundle_path, spec, details,
+                                                  _filler(fitted, [], load_normal_reference(bundle.path)),
                                                   extractor=bundle.extractor_path, known_answer=known_answer)
         except OSError as exc:
             raise ModelError(f"{bundle_path}: cannot write the bundle ({exc.strerror or exc}); the bundle in use "
@@ -325,12 +338,15 @@ def _threshold_warnings(threshold: Threshold, detector: str) -> list[str]:
     return messages
 
 
-def _filler(selection: Selection | window_knn.WindowKnnFit, reports: list[Path]):
-    """What write_bundle calls to put the detectors and the report into the new version directory."""
+def _filler(selection: Selection | window_knn.WindowKnnFit, reports: list[Path], reference: NormalReference | None):
+    """What write_bundle calls to put the detectors, the report and the normal reference (the evidence pictures'
+    typical normal spectrogram, optional for the agent) into the new version directory."""
     def fill(directory: Path) -> None:
         selection.fill(directory)
         for path in reports:
             shutil.copyfile(path, directory / path.name)
+        if reference is not None:
+            write_normal_reference(directory, reference)
     return fill
 
 

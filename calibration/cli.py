@@ -47,13 +47,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", choices=tuple(DETECTOR_PRESETS), default=None,
                         help="fit only this detector on CNN features (gmm = --preset paper, ocsvm = --preset "
                              "cnn-ocsvm)")
-    parser.add_argument("--false-alarms-per-day", type=float, default=DEFAULT_FALSE_ALARMS_PER_DAY, metavar="RATE",
-                        help="false alarms per day the threshold aims at on normal sound (default: 1 per week)")
+    parser.add_argument("--false-alarms-per-day", type=float, default=None, metavar="RATE",
+                        help="false alarms per day the threshold aims at on normal sound (default: 1 per week; "
+                             "with --add-evidence: the bundle's own)")
     parser.add_argument("--report-dir", type=pathlib.Path, metavar="DIR",
                         help="also write the report (PNG and text) here; it is always kept inside the bundle")
     parser.add_argument("--add", action="store_true",
                         help="extend the bundle with the normal sound given (a new speed, load or season) instead "
-                             "of calibrating from scratch; needs a window-knn bundle")
+                             "of calibrating from scratch; needs a window-knn bundle. The false-alarm rate stays the "
+                             "bundle's unless --false-alarms-per-day is given")
+    parser.add_argument("--add-evidence", nargs="?", const=True, metavar="STATE_DIR",
+                        help="add the alarm clips an operator marked normal (`humwatch feedback ID normal`) to the "
+                             "bundle's normal sound, as --add does; STATE_DIR defaults to the config's state.dir. "
+                             "Clips marked fault are never added")
     parser.add_argument("--rollback", action="store_true",
                         help="restore the bundle the last calibration replaced, and do nothing else")
 
@@ -64,6 +70,13 @@ def run(args: argparse.Namespace) -> int:
     out = _bundle_path(args.out, config, machine)
     if args.rollback:
         return _rollback(args, out)
+    if args.false_alarms_per_day is not None and not args.false_alarms_per_day > 0:
+        raise ConfigError(f"--false-alarms-per-day {args.false_alarms_per_day}: must be greater than 0")
+    if (args.add or args.add_evidence is not None) and (args.preset or args.detector or args.model):
+        raise ConfigError("--add and --add-evidence keep the bundle's pipeline and extractor: give no --preset, "
+                          "--detector or --model")
+    if args.add_evidence is not None:
+        return _add_evidence(args, config, out)
     for folder in (out.absolute().parent, versions_dir(out.absolute())):  # where the link and the versions go
         refuse_unwritable(f"--out {out}" if args.out else f"bundle path {out}", folder)
     if args.report_dir is not None:
@@ -82,8 +95,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.record is not None and args.sources:
         raise ConfigError("give either --record MINUTES or WAV files/folders, not both")
-    if not args.false_alarms_per_day > 0:
-        raise ConfigError(f"--false-alarms-per-day {args.false_alarms_per_day}: must be greater than 0")
     if args.record is not None:
         audio = config.audio if config else None
         device = _device(args.device) if args.device is not None else (audio.device if audio else None)
@@ -97,8 +108,6 @@ def run(args: argparse.Namespace) -> int:
     if args.preset and args.detector:
         raise ConfigError("give --preset or --detector, not both")
     if args.add:
-        if args.preset or args.detector or args.model:
-            raise ConfigError("--add keeps the bundle's pipeline and extractor: give no --preset, --detector or --model")
         from humwatch.calibration.calibrate import extend_bundle
 
         result = extend_bundle(blocks, out, args.false_alarms_per_day, config.model.threads if config else 1)
@@ -107,10 +116,38 @@ def run(args: argparse.Namespace) -> int:
         return 0
     preset = DETECTOR_PRESETS[args.detector] if args.detector else (args.preset or DEFAULT_PRESET)
     result = calibrate(blocks, args.model or default_model(), out, preset=preset,
-                       false_alarms_per_day=args.false_alarms_per_day, machine=machine, report_dir=args.report_dir,
+                       false_alarms_per_day=args.false_alarms_per_day or DEFAULT_FALSE_ALARMS_PER_DAY,
+                       machine=machine, report_dir=args.report_dir,
                        num_threads=config.model.threads if config else 1)
     print("\n".join(result.summary_lines()))
     print("the agent uses the new bundle after `systemctl reload` (SIGHUP) or a restart")
+    return 0
+
+
+def _add_evidence(args: argparse.Namespace, config, out: pathlib.Path) -> int:
+    from humwatch.agent.service.evidence import evidence_root, labelled_audio
+    from humwatch.calibration.calibrate import extend_bundle
+    from humwatch.calibration.collect import wav_blocks
+
+    if args.record is not None or args.sources:
+        raise ConfigError("--add-evidence adds the clips marked normal in the state directory; give no --record "
+                          "or WAV files (--add adds those)")
+    if args.add_evidence is True:
+        if config is None:
+            raise ConfigError("--add-evidence: give the state directory (--add-evidence STATE_DIR) or --config FILE")
+        state_dir = config.state.dir
+    else:
+        state_dir = pathlib.Path(args.add_evidence)
+    clips = labelled_audio(state_dir, "normal")
+    if not clips:
+        raise ConfigError(f"--add-evidence: {evidence_root(state_dir)} holds no alarm marked normal "
+                          "(`humwatch feedback ID normal`)")
+    for folder in (out.absolute().parent, versions_dir(out.absolute())):
+        refuse_unwritable(f"bundle path {out}", folder)
+    result = extend_bundle(wav_blocks(clips), out, args.false_alarms_per_day, config.model.threads if config else 1)
+    print("\n".join(result.summary_lines()))
+    print(f"added {len(clips)} clip(s) marked normal; `humwatch calibrate --rollback` restores the previous bundle; "
+          "the agent uses the new one after `systemctl reload` (SIGHUP) or a restart")
     return 0
 
 

@@ -28,8 +28,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from humwatch.agent.errors import ModelError
 from humwatch.agent.model.scorers import Detector, DetectorArrays
-from humwatch.calibration.workstation_scorers import ALL_SCORERS
 from humwatch.calibration.export import detector_arrays, write_npz_atomic
+from humwatch.calibration.workstation_scorers import ALL_SCORERS
 
 log = logging.getLogger(__name__)
 

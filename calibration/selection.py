@@ -33,10 +33,7 @@ from humwatch.calibration.candidates import CANDIDATES, CNN, PARTS, Candidate, P
 from humwatch.calibration.detectors import FittedDetector
 from humwatch.calibration.export import write_npz_atomic
 from humwatch.calibration.faults import FAULT_KINDS, fault_grid, inject
-from humwatch.calibration.threshold import (
-    DEFAULT_FALSE_ALARMS_PER_DAY,
-    choose_threshold,
-)
+from humwatch.calibration.threshold import DEFAULT_FALSE_ALARMS_PER_DAY, choose_threshold
 from humwatch.calibration.window_knn import PRESET as WINDOW_KNN
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,16 @@ import os
 
 import numpy as np
 
-from humwatch.agent.model.scorers import (KIND_SCORERS, LOG_2PI, Detector, DetectorArrays, MixtureScorer, Scorer,
-                                          load_detector, log_sum_exp)
+from humwatch.agent.model.scorers import (
+    KIND_SCORERS,
+    LOG_2PI,
+    Detector,
+    DetectorArrays,
+    MixtureScorer,
+    Scorer,
+    load_detector,
+    log_sum_exp,
+)
 
 
 class KernelDensityScorer:

@@ -29,9 +29,13 @@ DEFAULT_PRESETS = tuple(dict.fromkeys((DEFAULT_PRESET, "paper", LOGMEL_GMM_PRESE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", type=pathlib.Path, metavar="DATASET_DIR",
+    parser.add_argument("dataset", type=pathlib.Path, metavar="DATASET_DIR", nargs="?",
                         help="a dataset folder in the DCASE 2021–2025 layout (official split), or the MIMII or DCASE "
                              "2020 layout (the paper's protocol)")
+    parser.add_argument("--evidence", type=pathlib.Path, metavar="STATE_DIR",
+                        help="instead of a dataset: score the site's own labelled alarm clips (the evidence an "
+                             "operator gave a verdict on) with --bundle, as the agent would")
+    parser.add_argument("--bundle", type=pathlib.Path, metavar="DIR", help="the bundle --evidence is scored with")
     parser.add_argument("--models", nargs="*", type=pathlib.Path, default=[],
                         help="converted TFLite feature extractors (humwatch convert), e.g. float32 and int8")
     parser.add_argument("--detectors", default="gmm,ocsvm",
@@ -45,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="protocol repetitions, seeds 0..N-1 (default: 5)")
     parser.add_argument("--max-normal-test", type=int, default=PAPER_NORMAL_TEST,
                         help="normal (and abnormal) test clips per seed; fewer when the data are smaller")
-    parser.add_argument("--out", type=pathlib.Path, required=True, help="folder for the table, CSV and figure")
+    parser.add_argument("--out", type=pathlib.Path, help="folder for the table, CSV and figure (with a dataset)")
     parser.add_argument("--cache", type=pathlib.Path, help="feature cache folder (default: OUT/cache)")
     parser.add_argument("--channel", default="0", help="WAV channel to use (MIMII reference mic: 0) or 'mean'")
     parser.add_argument("--scaling", choices=SCALINGS, default="minmax", help="patch image scaling (paper: minmax)")
@@ -98,6 +102,16 @@ def build_methods(args: argparse.Namespace) -> list[Method]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.evidence is not None:
+        from humwatch.evaluation.evidence import evaluate_evidence
+
+        if args.dataset is not None:
+            raise ConfigError("give a DATASET_DIR or --evidence STATE_DIR, not both")
+        if args.bundle is None:
+            raise ConfigError("--evidence needs --bundle DIR: the bundle its clips are scored with")
+        return evaluate_evidence(args.evidence, args.bundle, args.threads)
+    if args.dataset is None or args.out is None:
+        raise ConfigError("give DATASET_DIR and --out DIR (or --evidence STATE_DIR --bundle DIR)")
     if args.seeds < 1 or args.max_normal_test < 1:
         raise ConfigError("--seeds and --max-normal-test must be at least 1")
     if args.train_minutes is not None and args.train_minutes <= 0:

@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "run": ("humwatch.agent.service.run", "run the agent: listen, score and publish alarms over MQTT"),
     "score": ("humwatch.agent.service.score", "score WAV recordings offline with a calibrated bundle"),
     "listen": ("humwatch.agent.transport.listen", "print alarms and state changes from the broker"),
+    "evidence": ("humwatch.agent.service.evidence_cli", "list, show or export the sound and picture kept of alarms"),
+    "feedback": ("humwatch.agent.service.feedback", "record an operator's verdict on an alarm: normal or fault"),
     "check-config": ("humwatch.agent.config", "validate a configuration file and exit"),
     "install-service": ("humwatch.agent.service.install",
                         "install the systemd unit, user, directories and example config"),

@@ -20,9 +20,9 @@ from typing import Callable
 from humwatch.agent.contract import SCHEMA_VERSION, WINDOW_PATCHES, FrontEndParams
 from humwatch.agent.durable import fsync_directory
 from humwatch.agent.errors import ModelError
+from humwatch.agent.model.known_answers import SUFFIX as KNOWN_ANSWERS_SUFFIX
 from humwatch.agent.model.scorers import WINDOW_KINDS
 from humwatch.agent.npz import read_json_object
-from humwatch.agent.model.known_answers import SUFFIX as KNOWN_ANSWERS_SUFFIX
 from humwatch.agent.signal.frames import FRAME_SOURCES
 
 MANIFEST = "bundle.json"

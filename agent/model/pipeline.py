@@ -53,8 +53,8 @@ class PatchScorer:
     def _load(self, entry: DetectorEntry) -> Detector:
         """A bundle's detector, refused at start unless it was fitted on the features the bundle says it scores."""
         cnn = entry.feature_source == "cnn"
-        detector = load_detector(self.bundle.path / entry.file,
-                                 extractor_sha256=self.bundle.spec.extractor_sha256 if cnn else logmel_extractor_sha256())
+        expected = self.bundle.spec.extractor_sha256 if cnn else logmel_extractor_sha256()
+        detector = load_detector(self.bundle.path / entry.file, extractor_sha256=expected)
         dim = self._cnn().feature_dim if cnn else source_dim(entry.feature_source)
         if (detector.feature_source, detector.feature_dim) != (entry.feature_source, dim):
             raise ModelError(f"{detector.path}: fitted on {detector.feature_dim}-d {detector.feature_source} "
@@ -234,7 +234,8 @@ def check_known_answer(pipeline: "Pipeline") -> None:
                          f"{got.size}; recalibrate")
     difference = float(np.max(np.abs(got - expected))) if got.size else 0.0
     if not difference <= KNOWN_ANSWER_TOLERANCE:
-        raise RuntimeMismatchError(f"{bundle.path}: this runtime scores the reference sound {difference:.3g} normal standard "
-                         f"deviations away from what calibration recorded (tolerance {KNOWN_ANSWER_TOLERANCE}): the "
-                         "model, the TFLite runtime or the CPU computes something else; check the install "
-                         "(tflite-runtime/ai-edge-litert version, delegate) or recalibrate on this board")
+        raise RuntimeMismatchError(
+            f"{bundle.path}: this runtime scores the reference sound {difference:.3g} normal standard deviations away "
+            f"from what calibration recorded (tolerance {KNOWN_ANSWER_TOLERANCE}): the model, the TFLite runtime or "
+            "the CPU computes something else; check the install (tflite-runtime/ai-edge-litert version, delegate) or "
+            "recalibrate on this board")

@@ -14,6 +14,7 @@ publisher retries with capped backoff (it logs the reason once).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import pathlib
@@ -21,6 +22,7 @@ import queue
 import signal
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Literal
 
 # One BLAS thread, set before numpy loads: the analysis loop is one thread by design, and OpenBLAS's worker threads
@@ -37,10 +39,22 @@ from humwatch.agent.model.bundle import Bundle
 from humwatch.agent.model.pipeline import PatchScore, Pipeline, check_known_answer
 from humwatch.agent.service.alarm import AlarmPolicy, ChunkStats, SensorEvent, SensorHealth
 from humwatch.agent.service.capture import AudioSource, DeviceSource, open_source
+from humwatch.agent.service.drift import DailyScoreStats, DriftRules
+from humwatch.agent.service.evidence import EvidenceStore
+from humwatch.agent.service.feedback import CommandHandler
 from humwatch.agent.service.ownership import refuse_foreign_state
+from humwatch.agent.service.recorder import EvidenceRecorder
 from humwatch.agent.service.sdnotify import Notifier, watchdog_interval
 from humwatch.agent.signal.frontend import clip_patches
-from humwatch.agent.transport.messages import AlarmMessage, ModelIds, ScoreMessage, State, StateMessage
+from humwatch.agent.transport.messages import (
+    AlarmEvidence,
+    AlarmMessage,
+    EvidenceMessage,
+    ModelIds,
+    ScoreMessage,
+    State,
+    StateMessage,
+)
 from humwatch.agent.transport.outbox import Outbox
 from humwatch.agent.transport.publish import MqttPublisher, describe_detector_scores
 
@@ -67,9 +81,11 @@ class Analysis:
     """The analysis loop: audio chunks in, decisions and messages out. Runs on its own thread."""
 
     def __init__(self, config: Config, pipeline: Pipeline, publisher: MqttPublisher, source: AudioSource,
-                 chunks: queue.Queue, stop: threading.Event, notifier: Notifier) -> None:
+                 chunks: queue.Queue, stop: threading.Event, notifier: Notifier,
+                 recorder: EvidenceRecorder | None = None) -> None:
         self.config, self.publisher, self.source = config, publisher, source
         self.chunks, self.stop, self.notifier = chunks, stop, notifier
+        self.recorder = recorder  # keeps the sound around raised alarms; None: [evidence] enabled = false
         sensor = config.sensor
         self.health = SensorHealth(sensor.silence_dbfs, sensor.silence_seconds, sensor.clipping_fraction,
                                    sensor.clipping_seconds, sensor.stall_seconds)
@@ -80,6 +96,7 @@ class Analysis:
         self._next_pipeline: Pipeline | None = None
         self._swap = threading.Lock()
         self.state: State = "normal"
+        self._state_stale = False
         self._gap = False  # silence or a stall interrupted the sound: the next sound starts a fresh window
         self.last_window_score: float | None = None
         self.error: BaseException | None = None
@@ -98,6 +115,16 @@ class Analysis:
         self.policy = AlarmPolicy(pipeline.bundle.spec.threshold_high, pipeline.bundle.spec.threshold_low,
                                   alarm.raise_after, alarm.clear_after)
         self.policy.active = active  # a raised alarm stays raised until the new model clears it
+        if getattr(self, "drift", None) is not None:
+            self.drift.save()
+        bundle, drift = pipeline.bundle, self.config.drift
+        calibration = bundle.manifest.get("calibration") if isinstance(bundle.manifest, dict) else None
+        baseline = calibration.get("heldout_score_median") if isinstance(calibration, dict) else None
+        self.drift = DailyScoreStats(bundle.id, self.policy.threshold_high,
+                                     float(baseline) if isinstance(baseline, (int, float)) else None,
+                                     DriftRules(drift.days, drift.median_shift, drift.p95_margin, drift.min_windows),
+                                     self.config.state.dir / "drift.json")
+        self._advice = self.drift.advice()
 
     def replace_pipeline(self, pipeline: Pipeline) -> None:
         """Hand over a new pipeline; the loop switches to it between two chunks."""
@@ -131,6 +158,11 @@ class Analysis:
                 log.info("now judging with bundle %s (threshold %.4g, clear %.4g)", pipeline.bundle.id,
                          self.policy.threshold_high, self.policy.threshold_low)
             events = self.health.check(now)
+            if self.recorder is not None:
+                if chunk is not None:
+                    self.recorder.push(chunk, now)  # before judging: an alarm's pre-roll ends with this chunk
+                else:
+                    self.recorder.check(now)
             if chunk is not None:
                 events += self.health.observe(now, ChunkStats.of(chunk, SAMPLE_RATE))
                 self._gap |= any(e.reason == "stalled" for e in events)
@@ -165,6 +197,8 @@ class Analysis:
         self._maybe_send_score(audio_time, window_score, result.readings)
         if self.health.faults:
             return  # the sound of a broken sensor says nothing about the machine
+        if not self.policy.active:
+            self._observe_drift(window_score)
         event = self.policy.update(audio_time, window_score)
         if event is None:
             return
@@ -175,7 +209,7 @@ class Analysis:
         level = logging.WARNING if event.kind == "raised" else logging.INFO  # as a sensor fault and its recovery
         log.log(level, "machine anomaly %s at %.1f s of audio: window score %.4g, threshold %.4g (%s)", event.kind,
                 audio_time, window_score, event.threshold, describe_detector_scores(result.readings))
-        self.publisher.publish_alarm(AlarmMessage(
+        self._send_alarm(AlarmMessage(
             machine=self.config.machine.name, kind="anomaly", event=event.kind, window_score=window_score,
             threshold=event.threshold, detector_scores=result.readings, model=self._model_ids, reason=reason,
             audio_time=round(audio_time, 3)))
@@ -184,10 +218,27 @@ class Analysis:
         kind: Literal["raised", "cleared"] = "raised" if event.kind == "fault" else "cleared"
         level = logging.WARNING if kind == "raised" else logging.INFO
         log.log(level, "sensor %s %s: %s", event.reason, "fault" if kind == "raised" else "recovered", event.detail)
-        self.publisher.publish_alarm(AlarmMessage(
+        self._send_alarm(AlarmMessage(
             machine=self.config.machine.name, kind="sensor_fault", event=kind, window_score=self.last_window_score,
             threshold=self.policy.threshold_high, model=self._model_ids, reason=f"{event.reason}: {event.detail}",
             audio_time=round(self._samples_in / SAMPLE_RATE, 3)))
+
+    def _send_alarm(self, alarm: AlarmMessage) -> None:
+        """Queue an alarm in the outbox; a raised one also starts keeping its evidence, which is written later on
+        the recorder's thread (the alarm never waits for it)."""
+        if self.recorder is not None and alarm.event == "raised":
+            evidence = self.recorder.alarm_raised(alarm, time.monotonic(), self.pipeline.bundle.path)
+            alarm = dataclasses.replace(alarm, evidence=evidence)
+        self.publisher.publish_alarm(alarm)
+
+    def _observe_drift(self, window_score: float) -> None:
+        self.drift.add(window_score, datetime.now(timezone.utc))
+        advice = self.drift.advice()
+        if advice != self._advice:
+            self._advice = advice
+            if advice[0]:
+                log.warning("recalibration suggested: %s", advice[1])
+            self._state_stale = True  # the state message carries the advice: send it again
 
     def _update_state(self) -> None:
         state: State
@@ -198,10 +249,16 @@ class Analysis:
             state, detail = "anomaly", f"window score {self.last_window_score:.4g}"
         else:
             state, detail = "normal", None
-        if state != self.state:
-            self.state = state
-            self.publisher.publish_state(StateMessage(state=state, detail=detail, machine_alarm=self.policy.active))
+        if state != self.state or self._state_stale:
+            self.state, self._state_stale = state, False
+            self.publisher.publish_state(self.state_message(state, detail))
             self._last_status = -float("inf")
+
+    def state_message(self, state: State = "normal", detail: str | None = None) -> StateMessage:
+        """The state as published, with the drift advice."""
+        suggested, reason = self._advice
+        return StateMessage(state=state, detail=detail, machine_alarm=self.policy.active,
+                            recalibration_suggested=suggested, recalibration_reason=reason)
 
     def _maybe_send_score(self, audio_time: float, window_score: float, readings: dict[str, float]) -> None:
         interval = self.config.alarm.score_interval
@@ -210,7 +267,7 @@ class Analysis:
         self._last_score_sent = audio_time
         self.publisher.publish_score(ScoreMessage(
             window_score=window_score, threshold=self.policy.threshold_high, detector_scores=readings,
-            state=self.state, audio_time=round(audio_time, 3)))
+            state=self.state, audio_time=round(audio_time, 3), drift=self.drift.today()))
 
     def _heartbeat(self, now: float) -> None:
         if now - self._last_watchdog >= self._watchdog_every:
@@ -226,6 +283,17 @@ class Analysis:
         return (f"{self.state}{faults}; window score {score} (threshold {self.policy.threshold_high:.3g}); "
                 f"pending alarms {self.publisher.pending_alarms()}; overflows {self.source.overflows}; "
                 f"mqtt {'connected' if self.publisher.connected else 'not connected'}")
+
+
+def open_evidence_store(config: Config) -> EvidenceStore | None:
+    """The evidence store, or None when evidence is off or its folder cannot be made (alarms go on without)."""
+    if not config.evidence.enabled:
+        return None
+    try:
+        return EvidenceStore(config.state.dir, config.evidence.max_bytes, writer=True)
+    except OSError as exc:
+        log.warning("evidence is not kept: cannot use %s (%s)", config.state.dir / "evidence", exc.strerror or exc)
+        return None
 
 
 def capture(source: AudioSource, chunks: queue.Queue, stop: threading.Event, errors: list) -> None:
@@ -259,19 +327,34 @@ class Agent:
         log.info("machine %s: bundle %s (%s), threshold %.4g, clear %.4g", config.machine.name, bundle.id,
                  ", ".join(bundle.model_ids["detectors"]), bundle.spec.threshold_high, bundle.spec.threshold_low)
         self.outbox = Outbox(config.state.outbox)
-        self.publisher = MqttPublisher(config.mqtt, self.outbox, config.machine.name)
+        store = open_evidence_store(config)
+        self.publisher = MqttPublisher(config.mqtt, self.outbox, config.machine.name, evidence=store is not None,
+                                       on_command=CommandHandler(store) if store is not None else None)
+        self.recorder = None
+        if store is not None:
+            self.recorder = EvidenceRecorder(store, config.evidence.pre_seconds, config.evidence.post_seconds,
+                                             self._publish_evidence)
         self.source = open_source(config.audio, self.stop)
         self.chunks: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
         self.capture_errors: list[BaseException] = []
         self.analysis = Analysis(config, self.pipeline, self.publisher, self.source, self.chunks, self.stop,
-                                 self.notifier)
+                                 self.notifier, self.recorder)
+
+    def _publish_evidence(self, evidence: AlarmEvidence, picture: bytes, audio: bytes) -> None:
+        settings = self.config.evidence
+        send_audio = settings.publish_audio and len(audio) <= settings.audio_max_kb * 1000
+        if settings.publish_audio and not send_audio:
+            log.info("evidence %s: the WAV (%d kB) is over [evidence] audio_max_kb; kept on the board only",
+                     evidence.id, len(audio) // 1000)
+        self.publisher.publish_evidence(EvidenceMessage(**dataclasses.asdict(evidence)),
+                                        picture if settings.publish_image else None, audio if send_audio else None)
 
     def run(self) -> int:
         """Run until stopped; returns the exit status (raises the error that stopped it, if any)."""
         if isinstance(self.source, DeviceSource):
             self.source.open()  # a missing or refusing microphone fails here, before any thread runs
         self.publisher.start()
-        self.publisher.publish_state(StateMessage(state="normal", machine_alarm=False))
+        self.publisher.publish_state(self.analysis.state_message())
         threads = [threading.Thread(target=self.analysis.run, name="analysis", daemon=True),
                    threading.Thread(target=capture, args=(self.source, self.chunks, self.stop, self.capture_errors),
                                     name="capture", daemon=True)]
@@ -308,6 +391,9 @@ class Agent:
         for thread in threads:
             thread.join(10)
         self.notifier.stopping()
+        if self.recorder is not None:
+            self.recorder.close()  # what has arrived of a pending alarm's after-roll is kept
+        self.analysis.drift.save()
         self.publisher.stop()
         self.outbox.close()
         self.notifier.close()

@@ -82,6 +82,18 @@ class ModelIds:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AlarmEvidence:
+    """The sound and picture the board keeps of a raised alarm ([evidence] on)."""
+
+    id: str = documented(doc="the alarm's id: `humwatch evidence show ID` on the board shows it")
+    seconds: float = documented(doc="seconds of sound kept around the decision")
+    files: tuple[str, ...] = documented(doc="the files kept: 'audio.wav' and 'picture.png'")
+    sha256: Mapping[str, str] | None = documented(
+        None, doc="each file's sha256 (null in the alarm message: the files are written after it, when the "
+                  "after-roll has been heard; given on the evidence topic)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class AlarmMessage(Message):
     """An alarm raised or cleared: the machine sounds wrong (`anomaly`) or the microphone is at fault
     (`sensor_fault`). Sent at least once (de-duplicate by `id`), in order, never retained."""
@@ -110,6 +122,8 @@ class AlarmMessage(Message):
                                  "'stalled' and detail)")
     audio_time: float = documented(doc="seconds of audio received since the agent started; for an anomaly, the end "
                                        "of the deciding window")
+    evidence: AlarmEvidence | None = documented(
+        None, doc="raised alarms with [evidence] on: the sound and picture kept on the board (null otherwise)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +138,9 @@ class StateMessage(Message):
     machine_alarm: bool = documented(doc="whether the machine alarm is raised; stays true through a sensor fault "
                                          "that `state` shows instead")
     time: str = documented(factory=utc_now, doc="when the state changed (ISO 8601 UTC)")
+    recalibration_suggested: bool = documented(
+        False, doc="whether the daily window scores have drifted from calibration for [drift] days days running")
+    recalibration_reason: str | None = documented(None, doc="why recalibration is suggested, or null")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,3 +155,26 @@ class ScoreMessage(Message):
     detector_scores: Mapping[str, float] = documented(doc="each detector's reading of that window, by name")
     state: State = documented(doc="the machine's state when it was sent")
     audio_time: float = documented(doc="seconds of audio received since the agent started, at the window's end")
+    drift: DriftToday | None = documented(None, doc="today's window score statistics, against which drift is judged")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriftToday:
+    """One UTC day's window scores (the machine alarm off), for the drift advice."""
+
+    day: str = documented(doc="the UTC date, YYYY-MM-DD")
+    windows: int = documented(doc="windows scored that day")
+    median: float | None = documented(doc="their median window score (null before the first)")
+    p95: float | None = documented(doc="their 95th percentile (null before the first)")
+    unit: str = documented("held-out SD", doc="the scores' unit: standard deviations of the held-out normal scores")
+    baseline_median: float | None = documented(doc="the median held-out window score at calibration, or null")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvidenceMessage(AlarmEvidence, Message):
+    """The last raised alarm's evidence, retained, once its files are written; its picture (PNG) and sound (WAV)
+    follow, retained, on `evidence/image` and `evidence/audio` when [evidence] publishes them."""
+
+    TOPIC, QOS, RETAINED = "evidence", 1, True
+
+    time: str = documented(factory=utc_now, doc="when the evidence was written (ISO 8601 UTC)")

@@ -13,7 +13,7 @@ import re
 import socket
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 
 from humwatch.agent.config import MqttConfig
 from humwatch.agent.errors import ConfigError
-from humwatch.agent.transport.messages import AlarmMessage, ScoreMessage, StateMessage, to_json
+from humwatch.agent.transport.messages import AlarmMessage, EvidenceMessage, ScoreMessage, StateMessage, to_json
 from humwatch.agent.transport.outbox import Outbox, OutboxEntry
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,24 @@ class Topics:
     def score(self) -> str:
         return self.leaf("score")
 
+    @property
+    def evidence(self) -> str:
+        """The last alarm's evidence (JSON); its picture (PNG) and sound (WAV) below it."""
+        return self.leaf("evidence")
+
+    @property
+    def evidence_image(self) -> str:
+        return self.leaf("evidence/image")
+
+    @property
+    def evidence_audio(self) -> str:
+        return self.leaf("evidence/audio")
+
+    @property
+    def command(self) -> str:
+        """The operator's commands to the board (verdicts on alarms)."""
+        return self.leaf("command")
+
 
 def make_client(settings: MqttConfig, client_id: str, clean_session: bool = True,
                 protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv311) -> mqtt.Client:
@@ -92,9 +110,10 @@ def node_id(machine: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", machine)
 
 
-def discovery_messages(settings: MqttConfig, topics: Topics,
-                       device_info: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Home Assistant discovery configs by config topic: anomaly and sensor-fault problems, window score."""
+def discovery_messages(settings: MqttConfig, topics: Topics, device_info: Mapping[str, Any] | None = None,
+                       evidence: bool = False) -> dict[str, dict[str, Any]]:
+    """Home Assistant discovery configs by config topic: anomaly and sensor-fault problems, window score, drift
+    diagnostics; with `evidence`, the last alarm's picture and the "last alarm was normal" button."""
     node = f"humwatch_{node_id(topics.machine)}"
     device: dict[str, Any] = {"identifiers": [node], "name": f"humwatch {topics.machine}", "manufacturer": "humwatch",
                               "model": "acoustic anomaly detector"}
@@ -120,7 +139,50 @@ def discovery_messages(settings: MqttConfig, topics: Topics,
         "state_topic": topics.score, "json_attributes_topic": topics.score,
         "value_template": "{{ value_json.window_score }}", **common,
     }
+    messages.update(_drift_entities(settings, topics, node, common))
+    if evidence:
+        messages.update(_evidence_entities(settings, topics, node, common))
     return messages
+
+
+# What the "last alarm was normal" button sends: `last` stands for the newest alarm the board holds evidence of.
+LAST_ALARM_NORMAL = {"command": "feedback", "alarm_id": "last", "verdict": "normal", "note": "Home Assistant button"}
+
+
+def _drift_entities(settings: MqttConfig, topics: Topics, node: str, common: dict) -> dict[str, dict[str, Any]]:
+    prefix = settings.discovery_prefix
+    return {
+        f"{prefix}/binary_sensor/{node}/recalibration_suggested/config": {
+            "name": "Recalibration suggested", "unique_id": f"{node}_recalibration_suggested",
+            "entity_category": "diagnostic", "state_topic": topics.state,
+            "value_template": "{{ 'ON' if value_json.recalibration_suggested else 'OFF' }}",
+            "json_attributes_topic": topics.state,
+            "json_attributes_template": "{{ {'reason': value_json.recalibration_reason} | tojson }}", **common,
+        },
+        f"{prefix}/sensor/{node}/daily_median_score/config": {
+            "name": "Daily median window score", "unique_id": f"{node}_daily_median_score",
+            "entity_category": "diagnostic", "state_class": "measurement", "state_topic": topics.score,
+            # "None" is what Home Assistant's MQTT sensor takes for unknown (no window scored yet today)
+            "value_template": "{{ value_json.drift.median if value_json.drift else none }}",
+            "json_attributes_topic": topics.score, "json_attributes_template": "{{ value_json.drift | tojson }}",
+            **common,
+        },
+    }
+
+
+def _evidence_entities(settings: MqttConfig, topics: Topics, node: str, common: dict) -> dict[str, dict[str, Any]]:
+    prefix = settings.discovery_prefix
+    return {
+        f"{prefix}/image/{node}/evidence/config": {
+            "name": "Last alarm picture", "unique_id": f"{node}_evidence", "image_topic": topics.evidence_image,
+            "content_type": "image/png", **common,
+        },
+        f"{prefix}/button/{node}/last_alarm_normal/config": {
+            "name": "Last alarm was normal", "unique_id": f"{node}_last_alarm_normal",
+            "command_topic": topics.command, "payload_press": to_json(LAST_ALARM_NORMAL).decode(), "qos": 1,
+            **common,
+        },
+    }
 
 
 class MqttPublisher:
@@ -129,13 +191,17 @@ class MqttPublisher:
     Nothing here blocks the caller on the network: `publish_alarm` returns once the alarm is on disk."""
 
     def __init__(self, settings: MqttConfig, outbox: Outbox, machine: str,
-                 device_info: Mapping[str, Any] | None = None) -> None:
+                 device_info: Mapping[str, Any] | None = None, evidence: bool = False,
+                 on_command: Callable[[bytes], None] | None = None) -> None:
         if not machine or re.search(r"[/+#\x00]", machine):
             raise ConfigError(f"machine: must be a name without '/', '+' or '#', not {machine!r}")
         self.settings = settings
         self.topics = Topics(settings.prefix, machine)
         self._outbox = outbox
         self._device_info = dict(device_info or {})
+        self._evidence = evidence
+        self._on_command = on_command  # called on paho's thread with each payload on the command topic
+        self._unsent_evidence: dict[str, bytes] = {}  # retained evidence published while offline: sent on connect
         self.client_id = settings.client_id or f"humwatch-{node_id(machine)}-{socket.gethostname()}"
         self._client = make_client(settings, self.client_id)
         self._client.enable_logger(paho_log)
@@ -149,6 +215,8 @@ class MqttPublisher:
         self._client.on_publish = self._on_publish
         if settings.discovery:
             self._client.message_callback_add(self._ha_status_topic, self._on_ha_status)
+        if on_command is not None:
+            self._client.message_callback_add(self.topics.command, self._on_command_message)
         self._events: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-alarm-sender", daemon=True)
         self._connected = threading.Event()
@@ -212,6 +280,21 @@ class MqttPublisher:
             self._client.publish(self.topics.score, score.to_json(), qos=ScoreMessage.QOS,
                                  retain=ScoreMessage.RETAINED)
 
+    def publish_evidence(self, evidence: EvidenceMessage, picture: bytes | None, audio: bytes | None) -> None:
+        """Retain the last alarm's evidence object, picture and (when given) WAV; kept for the next connection
+        while offline (only the latest of each)."""
+        payloads = {self.topics.evidence: evidence.to_json()}
+        if picture is not None:
+            payloads[self.topics.evidence_image] = picture
+        if audio is not None:
+            payloads[self.topics.evidence_audio] = audio
+        with self._state_lock:
+            if not self.connected:
+                self._unsent_evidence.update(payloads)
+                return
+        for topic, payload in payloads.items():
+            self._client.publish(topic, payload, qos=EvidenceMessage.QOS, retain=EvidenceMessage.RETAINED)
+
     def stop(self, timeout: float = 3.0) -> None:
         """Give in-flight alarms `timeout` seconds for their PUBACK, publish `offline` and disconnect cleanly."""
         if not self._started:
@@ -244,10 +327,15 @@ class MqttPublisher:
         if self.settings.discovery:
             client.subscribe(self._ha_status_topic, qos=1)
             self._publish_discovery()
+        if self._on_command is not None:
+            client.subscribe(self.topics.command, qos=1)
         with self._state_lock:
             state = self._state_payload
+            evidence, self._unsent_evidence = self._unsent_evidence, {}
         if state is not None:
             client.publish(self.topics.state, state, qos=StateMessage.QOS, retain=StateMessage.RETAINED)
+        for topic, payload in evidence.items():
+            client.publish(topic, payload, qos=EvidenceMessage.QOS, retain=EvidenceMessage.RETAINED)
         self._events.put(("connected", 0))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -277,8 +365,15 @@ class MqttPublisher:
             log.info("MQTT: Home Assistant is online, re-sending discovery")
             self._publish_discovery()
 
+    def _on_command_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            self._on_command(bytes(message.payload))
+        except Exception:  # noqa: BLE001 - a bad command must not reach paho's network thread
+            log.exception("MQTT: handling a message on %s failed", self.topics.command)
+
     def _publish_discovery(self) -> None:
-        for topic, config in discovery_messages(self.settings, self.topics, self._device_info).items():
+        for topic, config in discovery_messages(self.settings, self.topics, self._device_info,
+                                                self._evidence).items():
             self._client.publish(topic, to_json(config), qos=1, retain=True)
 
     # The sender thread: the only code that hands alarms to paho and removes them from the outbox.

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 from humwatch.agent.contract import WINDOW_PATCHES
-from humwatch.calibration.workstation_scorers import load_workstation_detector as load_detector
 from humwatch.agent.signal.audio import read_wav
 from humwatch.agent.signal.frontend import clip_patches
 from humwatch.calibration.detectors import fit_detector
+from humwatch.calibration.workstation_scorers import load_workstation_detector as load_detector
 from tests.plugins.detectors import assert_equal_scores, assert_refused
 
 

@@ -2,6 +2,7 @@
 
 """The MQTT publisher against a real mosquitto: alarms survive broker outages and SIGKILL, status and HA discovery."""
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -17,9 +18,9 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from humwatch.agent.transport.outbox import Outbox
 from humwatch.agent.config import MqttConfig, TlsConfig
-from humwatch.agent.transport.messages import ScoreMessage, StateMessage
+from humwatch.agent.transport.messages import DriftToday, ScoreMessage, StateMessage
+from humwatch.agent.transport.outbox import Outbox
 from humwatch.agent.transport.publish import MqttPublisher
 from tests.plugins.broker import Mosquitto, make_tls_files
 from tests.plugins.messages import MODEL, an_alarm
@@ -240,11 +241,14 @@ def render(template: str, payload: bytes) -> str:
     return jinja2.Template(template).render(value_json=json.loads(payload)).strip()
 
 
+CONFIGS = 5  # discovery configs of an agent without evidence: anomaly, sensor fault, window score, 2 drift
+
+
 def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(mosquitto, subscribe, publishers):
     discovery = subscribe(["homeassistant/+/+/+/config"])
     publishers(settings_for(mosquitto), device_info={"suggested_area": "hall 2"})
-    discovery.wait_for(lambda ms: len(ms) >= 3)
-    configs = {m.topic: m for m in subscribe(["homeassistant/#"]).wait_for(lambda ms: len(ms) >= 3)}
+    discovery.wait_for(lambda ms: len(ms) >= CONFIGS)
+    configs = {m.topic: m for m in subscribe(["homeassistant/#"]).wait_for(lambda ms: len(ms) >= CONFIGS)}
     node = "humwatch_pump-1"
     anomaly = configs[f"homeassistant/binary_sensor/{node}/anomaly/config"]
     fault = configs[f"homeassistant/binary_sensor/{node}/sensor_fault/config"]
@@ -265,6 +269,17 @@ def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(mo
     assert [render(fault["value_template"], p) for p in (anomalous, faulty, hidden)] == ["OFF", "ON", "ON"]
     score_message = ScoreMessage(window_score=1.5, threshold=2.5, detector_scores={}, state="normal", audio_time=1.0)
     assert render(score["value_template"], score_message.to_json()) == "1.5"
+    drift = configs[f"homeassistant/binary_sensor/{node}/recalibration_suggested/config"].json()
+    median = configs[f"homeassistant/sensor/{node}/daily_median_score/config"].json()
+    for config in (drift, median):
+        assert config["entity_category"] == "diagnostic" and config["availability_topic"] == STATUS
+    advised = StateMessage(state="normal", machine_alarm=False, recalibration_suggested=True,
+                           recalibration_reason="drifted").to_json()
+    assert [render(drift["value_template"], p) for p in (advised, anomalous)] == ["ON", "OFF"]
+    assert render(drift["json_attributes_template"], advised) == '{"reason": "drifted"}'
+    today = DriftToday(day="2026-11-25", windows=8, median=0.35, p95=0.9, baseline_median=0.1)
+    assert render(median["value_template"], dataclasses.replace(score_message, drift=today).to_json()) == "0.35"
+    assert render(median["value_template"], score_message.to_json()) == "None"  # unknown to Home Assistant
 
     ha = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="home-assistant")
     ha.connect(mosquitto.host, mosquitto.port)
@@ -272,7 +287,7 @@ def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(mo
     ha.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
     ha.disconnect()
     ha.loop_stop()
-    again = discovery.wait_for(lambda ms: len(ms) >= 6)[3:]
+    again = discovery.wait_for(lambda ms: len(ms) >= 2 * CONFIGS)[CONFIGS:]
     assert sorted(m.topic for m in again) == sorted(configs) and not any(m.retain for m in again)
 
 

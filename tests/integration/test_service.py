@@ -14,12 +14,12 @@ import datetime as dt
 import json
 import os
 import pathlib
-from dataclasses import replace
 import re
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest

@@ -1,9 +1,9 @@
 """The reference pages and the example config agree with the code that defines them."""
 import pathlib
 import re
-import tomllib
 
 import pytest
+import tomllib
 
 from humwatch.agent.config import SECTIONS, load_config
 from humwatch.docs import PAGES
