@@ -65,7 +65,7 @@ def main() -> None:
     audio = back_and_forth(read_wav(DCASE / "train" / "normal_id_00_00000000.wav"), 60.0)
     with tempfile.TemporaryDirectory(prefix="bench-evidence-") as scratch:
         work = pathlib.Path(scratch)
-        reference = normal_reference(read_wav(p) for p in sorted((DCASE / "train").glob("*.wav"))[:20])
+        reference = normal_reference([read_wav(p) for p in sorted((DCASE / "train").glob("*.wav"))[:20]])
         write_normal_reference(work, reference)
         store = EvidenceStore(work / "state", 10**9, writer=True)
         recorder = EvidenceRecorder(store, 30.0, 10.0)

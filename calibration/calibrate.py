@@ -37,6 +37,7 @@ from humwatch.agent.signal.mel import mel_db
 from humwatch.agent.signal.modulation import modulation_spectrum
 from humwatch.calibration import window_knn
 from humwatch.calibration.collect import Block, survey
+from humwatch.calibration.report import write_report
 from humwatch.calibration.selection import (
     PRESETS,
     WINDOW_KNN,
@@ -210,7 +211,7 @@ def _calibrate(blocks: list[Block], model_path: str | os.PathLike, out: str | os
                 try:
                     calibration.bundle_dir = write_bundle(out, *_spec(calibration, extractor, params),
                                                           _filler(selection, reports,
-                                                                  normal_reference(b.samples for b in blocks)),
+                                                                  normal_reference([b.samples for b in blocks])),
                                                           extractor=model_path if selection.uses_cnn else None,
                                                           known_answer=known_answer)
                 except OSError as exc:
@@ -366,8 +367,6 @@ class _StageClock:
 
 
 def _render_report(result: Calibration, blocks: list[Block], folder: Path) -> list[Path]:
-    from humwatch.calibration.report import write_report  # matplotlib only when a report is made
-
     spectrogram, title = _spectrogram_excerpt(blocks)
     return list(write_report(folder, result.summary_lines(), result.threshold, result.heldout_window_scores,
                              result.fit_window_scores, spectrogram, title))
@@ -413,5 +412,5 @@ def _spectrogram_excerpt(blocks: list[Block]) -> tuple[np.ndarray, str]:
         used.append(Path(block.source).name if block.whole_source else block.name)
         total += len(pieces[-1])
     seconds = total / SAMPLE_RATE
-    title = f"calibration audio, first {seconds:.0f} s: {used[0]}" + (f" … {used[-1]}" if len(used) > 1 else "")
+    title = f"calibration audio, first {seconds:.0f} s: {used[0]}" + (f" ... {used[-1]}" if len(used) > 1 else "")
     return mel_db(np.concatenate(pieces)), title

@@ -7,16 +7,16 @@ without it still works, and its pictures show the alarm's sound alone.
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from humwatch.agent.contract import HOP_LENGTH, N_MELS, SAMPLE_RATE
+from humwatch.agent.contract import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
 from humwatch.agent.durable import write_atomic
 from humwatch.agent.errors import ModelError
 from humwatch.agent.npz import read_npz
-from humwatch.agent.signal.mel import mel_db
+from humwatch.agent.signal.mel import frame_count, mel_db
 
 REFERENCE_FILE = "normal_reference.npz"
 REFERENCE_FRAMES = 312  # about 5 s of frames
@@ -33,19 +33,26 @@ class NormalReference:
         return self.db.shape[1] * HOP_LENGTH / SAMPLE_RATE
 
 
-def normal_reference(clips: Iterable[np.ndarray]) -> NormalReference | None:
+def normal_reference(clips: Sequence[np.ndarray]) -> NormalReference | None:
     """The median Mel dB spectrogram over windows of the clips (16 kHz float samples); None when no clip is long
-    enough for one window."""
-    windows = []
-    for samples in clips:
-        db = mel_db(samples)
-        windows += [db[:, s: s + REFERENCE_FRAMES] for s in range(0, db.shape[1] - REFERENCE_FRAMES + 1,
-                                                                 REFERENCE_FRAMES)]
-    if not windows:
+    enough for one window. Only the chosen windows are kept, and the median is taken band by band: calibration
+    calls this with all its audio on a small board."""
+    starts = [range(0, frame_count(len(samples) + N_FFT // 2 * 2) - REFERENCE_FRAMES + 1, REFERENCE_FRAMES)
+              for samples in clips]  # mel_db's centred frames
+    total = sum(len(r) for r in starts)
+    if total == 0:
         return None
-    chosen = np.linspace(0, len(windows) - 1, min(len(windows), MAX_WINDOWS)).round().astype(int)
-    median = np.median(np.stack([windows[i] for i in chosen]), axis=0).astype(np.float32)
-    return NormalReference(median, len(chosen))
+    chosen = set(np.linspace(0, total - 1, min(total, MAX_WINDOWS)).round().astype(int).tolist())
+    windows, index = [], 0
+    for samples, positions in zip(clips, starts):
+        wanted = [s for i, s in enumerate(positions, index) if i in chosen]
+        index += len(positions)
+        if wanted:
+            db = mel_db(samples)
+            windows += [db[:, s: s + REFERENCE_FRAMES].copy() for s in wanted]
+    stack = np.stack(windows)
+    median = np.stack([np.median(stack[:, band], axis=0) for band in range(stack.shape[1])]).astype(np.float32)
+    return NormalReference(median, len(windows))
 
 
 def write_normal_reference(directory: str | pathlib.Path, reference: NormalReference) -> pathlib.Path:

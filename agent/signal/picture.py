@@ -55,13 +55,14 @@ def columns(db: np.ndarray, width: int) -> np.ndarray:
     return ((total[:, stop] - total[:, start]) / (stop - start)).astype(np.float32)
 
 
-def _paint(canvas: np.ndarray, x: int, y: int, db: np.ndarray, low: float, high: float) -> None:
+def paint_spectrogram(canvas: np.ndarray, x: int, y: int, db: np.ndarray, low: float, high: float) -> None:
+    """Paint (N_MELS, width) dB into the canvas in viridis over [low, high], BAND_ROWS pixel rows a band."""
     unit = np.clip((db - low) / (high - low), 0.0, 1.0)
     rgb = VIRIDIS_RGB.take(colour_indices(unit[::-1]), axis=0)  # high bands on top
     canvas[y: y + PANEL_HEIGHT, x: x + db.shape[1]] = np.repeat(rgb, BAND_ROWS, axis=0)
 
 
-def _write(canvas: np.ndarray, x: int, y: int, lines: list[str], colour=INK) -> None:
+def write_lines(canvas: np.ndarray, x: int, y: int, lines: list[str], colour=INK) -> None:
     for i, line in enumerate(lines):
         draw_text(canvas, x, y + i * LINE_HEIGHT, line, colour)
 
@@ -77,25 +78,25 @@ def evidence_picture(samples: np.ndarray, decision_second: float, title: str, re
     pool = finite if reference_db is None else np.concatenate([finite, reference_db.ravel()])
     low, high = (np.percentile(pool, [1.0, 99.5]) if pool.size else (-100.0, 0.0))
     high = max(high, low + 1.0)
-    _write(canvas, MARGIN, 6, [title])
-    _paint(canvas, MARGIN, TOP_PANEL_Y, np.nan_to_num(alarm, nan=low), low, high)
+    write_lines(canvas, MARGIN, 6, [title])
+    paint_spectrogram(canvas, MARGIN, TOP_PANEL_Y, np.nan_to_num(alarm, nan=low), low, high)
     seconds = len(samples) / SAMPLE_RATE
     if seconds > 0:
         tick = MARGIN + min(int(decision_second / seconds * SPECTROGRAM_WIDTH), SPECTROGRAM_WIDTH - 1)
         canvas[TOP_PANEL_Y - 7: TOP_PANEL_Y - 1, tick: tick + 2] = ALERT
-    _write(canvas, TEXT_X, TOP_PANEL_Y, [f"ALARM AUDIO {seconds:.1f} S", f"DECISION AT {decision_second:.1f} S",
+    write_lines(canvas, TEXT_X, TOP_PANEL_Y, [f"ALARM AUDIO {seconds:.1f} S", f"DECISION AT {decision_second:.1f} S",
                                          ""], DIM)
-    _write(canvas, TEXT_X, TOP_PANEL_Y + 3 * LINE_HEIGHT, readings)
+    write_lines(canvas, TEXT_X, TOP_PANEL_Y + 3 * LINE_HEIGHT, readings)
     if reference_db is not None:
-        _paint(canvas, MARGIN, BOTTOM_PANEL_Y, columns(reference_db, SPECTROGRAM_WIDTH), low, high)
-        _write(canvas, TEXT_X, BOTTOM_PANEL_Y, reference_caption, DIM)
+        paint_spectrogram(canvas, MARGIN, BOTTOM_PANEL_Y, columns(reference_db, SPECTROGRAM_WIDTH), low, high)
+        write_lines(canvas, TEXT_X, BOTTOM_PANEL_Y, reference_caption, DIM)
     else:
         canvas[BOTTOM_PANEL_Y: BOTTOM_PANEL_Y + PANEL_HEIGHT, MARGIN: MARGIN + SPECTROGRAM_WIDTH] = (60, 60, 64)
-        _write(canvas, MARGIN + 12, BOTTOM_PANEL_Y + PANEL_HEIGHT // 2 - 4, ["NO NORMAL REFERENCE IN THIS BUNDLE"],
+        write_lines(canvas, MARGIN + 12, BOTTOM_PANEL_Y + PANEL_HEIGHT // 2 - 4, ["NO NORMAL REFERENCE IN THIS BUNDLE"],
                DIM)
     scale = np.linspace(0.0, 1.0, SPECTROGRAM_WIDTH)
     canvas[SCALE_Y: SCALE_Y + 8, MARGIN: MARGIN + SPECTROGRAM_WIDTH] = VIRIDIS_RGB[colour_indices(scale)][None]
-    _write(canvas, TEXT_X, SCALE_Y, [f"{low:.0f} .. {high:.0f} DB MEL POWER"], DIM)
-    _write(canvas, MARGIN, SCALE_Y + 12, [f"TIME LEFT TO RIGHT, 0 - {SAMPLE_RATE // 2} HZ BOTTOM TO TOP, "
+    write_lines(canvas, TEXT_X, SCALE_Y, [f"{low:.0f} .. {high:.0f} DB MEL POWER"], DIM)
+    write_lines(canvas, MARGIN, SCALE_Y + 12, [f"TIME LEFT TO RIGHT, 0 - {SAMPLE_RATE // 2} HZ BOTTOM TO TOP, "
                                           f"HOP {HOP_LENGTH} SAMPLES"], DIM)
     return canvas
