@@ -60,9 +60,9 @@ def write_normal_reference(directory: str | pathlib.Path, reference: NormalRefer
     low, high = float(reference.db.min()), float(reference.db.max())
     span = max(high - low, 1e-6)
     levels = np.round((reference.db - low) / span * 255).astype(np.uint8)
-    arrays = {"levels": levels, "db_low": np.array(low), "db_high": np.array(low + span),
-              "windows": np.array(reference.windows, dtype=np.int64)}
-    return write_atomic(pathlib.Path(directory) / REFERENCE_FILE, lambda f: np.savez_compressed(f, **arrays))
+    return write_atomic(pathlib.Path(directory) / REFERENCE_FILE, lambda f: np.savez_compressed(
+        f, levels=levels, db_low=np.array(low), db_high=np.array(low + span),
+        windows=np.array(reference.windows, dtype=np.int64)))
 
 
 def load_normal_reference(bundle_dir: str | pathlib.Path) -> NormalReference | None:

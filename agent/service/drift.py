@@ -95,16 +95,18 @@ class DailyScoreStats:
         """(recalibration suggested, why) from the completed days."""
         rules = self.rules
         counted = [d for d in self.days if d.windows >= rules.min_windows][-rules.days:]
-        if len(counted) < rules.days:
+        medians = [d.median for d in counted if d.median is not None]
+        p95s = [d.p95 for d in counted if d.p95 is not None]
+        if len(counted) < rules.days or len(medians) < len(counted) or len(p95s) < len(counted):
             return False, None
         span = f"{counted[0].day} to {counted[-1].day}"
         if self.baseline_median is not None:
-            shifts = [d.median - self.baseline_median for d in counted]
+            shifts = [m - self.baseline_median for m in medians]
             if all(s > rules.median_shift for s in shifts) or all(s < -rules.median_shift for s in shifts):
                 return True, (f"the daily median window score has been {min(shifts):+.2f} to {max(shifts):+.2f} "
                               f"held-out SD from calibration's {self.baseline_median:.2f} on {len(counted)} days "
                               f"({span}): the normal sound has changed")
-        if all(d.p95 > self.threshold - rules.p95_margin for d in counted):
+        if all(p95 > self.threshold - rules.p95_margin for p95 in p95s):
             return True, (f"the daily 95th percentile of the window score has been within {rules.p95_margin:g} SD "
                           f"of the alarm threshold {self.threshold:.2f} or above it on {len(counted)} days ({span}): "
                           "false alarms are near")

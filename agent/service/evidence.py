@@ -17,7 +17,7 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from humwatch.agent.durable import file_sha256, fsync_directory, write_atomic
 from humwatch.agent.errors import ConfigError
@@ -40,7 +40,7 @@ def evidence_root(state_dir: str | os.PathLike) -> pathlib.Path:
     return pathlib.Path(state_dir) / EVIDENCE_DIR
 
 
-def is_alarm_id(text: object) -> bool:
+def is_alarm_id(text: object) -> TypeGuard[str]:
     """An alarm id as the agent makes them: 32 lower-case hex digits (never a path)."""
     return isinstance(text, str) and ALARM_ID.fullmatch(text) is not None
 

@@ -65,7 +65,7 @@ class CommandHandler:
             alarm_id = latest.id
         elif not is_alarm_id(alarm_id):
             raise CommandRejected(f"alarm_id {str(alarm_id)[:40]!r} is not 32 lower-case hex digits or 'last'")
-        if verdict not in VERDICTS:
+        if not isinstance(verdict, str) or verdict not in VERDICTS:
             raise CommandRejected(f"verdict {str(verdict)[:20]!r} is not one of {', '.join(VERDICTS)}")
         if note is not None and not (isinstance(note, str) and len(note) <= NOTE_MAX_CHARS):
             raise CommandRejected(f"note must be text of at most {NOTE_MAX_CHARS} characters")

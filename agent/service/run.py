@@ -115,8 +115,9 @@ class Analysis:
         self.policy = AlarmPolicy(pipeline.bundle.spec.threshold_high, pipeline.bundle.spec.threshold_low,
                                   alarm.raise_after, alarm.clear_after)
         self.policy.active = active  # a raised alarm stays raised until the new model clears it
-        if getattr(self, "drift", None) is not None:
-            self.drift.save()
+        previous_drift: DailyScoreStats | None = getattr(self, "drift", None)
+        if previous_drift is not None:
+            previous_drift.save()
         bundle, drift = pipeline.bundle, self.config.drift
         calibration = bundle.manifest.get("calibration") if isinstance(bundle.manifest, dict) else None
         baseline = calibration.get("heldout_score_median") if isinstance(calibration, dict) else None

@@ -34,7 +34,8 @@ def read_png_rgb(data: bytes) -> np.ndarray:
     ValueError names what is not as written."""
     if not data.startswith(SIGNATURE):
         raise ValueError("not a PNG (no signature)")
-    position, chunks = len(SIGNATURE), {}
+    position = len(SIGNATURE)
+    chunks: dict[bytes, bytes] = {}
     while position + 12 <= len(data):
         (length,) = struct.unpack(">I", data[position: position + 4])
         kind, body = data[position + 4: position + 8], data[position + 8: position + 8 + length]

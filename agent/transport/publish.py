@@ -366,6 +366,8 @@ class MqttPublisher:
             self._publish_discovery()
 
     def _on_command_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self._on_command is None:
+            return
         try:
             self._on_command(bytes(message.payload))
         except Exception:  # noqa: BLE001 - a bad command must not reach paho's network thread
