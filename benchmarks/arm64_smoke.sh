@@ -5,6 +5,7 @@
 # machine's. Not part of CI: the first run takes about half an hour (debootstrap, pip, the emulated CPU).
 #   benchmarks/arm64_smoke.sh            build or reuse the root at $HUMWATCH_ARM64_ROOT (/var/tmp/humwatch-arm64/root)
 #   benchmarks/arm64_smoke.sh run        only some of the stages score, calibrate, run (default: all three)
+#   benchmarks/arm64_smoke.sh test       scripts/test --fast in the root (installs every extra: TensorFlow, torch)
 # Needs root (debootstrap, chroot, mounts), a converted int8 model in ~/.local/share/humwatch/models (scripts/setup)
 # and the x86 .venv. Under emulation the root sees a real Cortex-A72's /proc/cpuinfo (bound over the host's, which
 # qemu-user would otherwise show) and QEMU_CPU=cortex-a72, the board's CPU: with qemu's default CPU model, which
@@ -157,6 +158,20 @@ for key in ("high", "heldout_score_median", "heldout_score_max"):
     print(f"arm64_smoke: calibrate: {key}: x86 {find(x86, key)}, arm64 {find(arm, key)}")
 EOF
 
+fi
+
+if wants test; then
+say "arm64: scripts/test --fast (the unit layer) in a copy of the checkout, ../shared bound read-only beside it"
+rm -rf "$root/opt/checkout"; mkdir -p "$root/opt/checkout/humwatch" "$root/opt/checkout/shared"
+git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$root/opt/checkout/humwatch"
+mount --bind -o ro "$repo/../shared" "$root/opt/checkout/shared"; mounts+=("$root/opt/checkout/shared")
+started=$SECONDS
+status=0
+arm sh -c "cd /opt/checkout/humwatch && scripts/test --fast -q -rs -p no:cacheprovider" >"$work/arm-test.log" 2>&1 \
+  || status=$?
+say "arm64: scripts/test --fast exited $status after $((SECONDS - started)) s: $(grep -E '(passed|failed|error)' \
+  "$work/arm-test.log" | tail -1)"
+grep -E '^(SKIPPED|FAILED|ERROR)' "$work/arm-test.log" | cut -c1-200 | sed 's/^/  /' || true
 fi
 
 wants run || { say "done"; exit 0; }

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from humwatch.agent.config import DriftConfig
 from humwatch.agent.durable import write_atomic
 from humwatch.agent.transport.messages import DriftToday
 
@@ -41,14 +42,6 @@ class DayStats:
     p95: float | None
 
 
-@dataclass(frozen=True)
-class DriftRules:
-    days: int = 3
-    median_shift: float = 1.0
-    p95_margin: float = 0.5
-    min_windows: int = 1000
-
-
 def _quantile(counts: np.ndarray, q: float) -> float | None:
     total = int(counts.sum())
     if total == 0:
@@ -60,7 +53,7 @@ def _quantile(counts: np.ndarray, q: float) -> float | None:
 class DailyScoreStats:
     """Window scores by UTC day; the completed days' statistics are kept (HISTORY_DAYS) and saved to `path`."""
 
-    def __init__(self, bundle_id: str, threshold: float, baseline_median: float | None, rules: DriftRules,
+    def __init__(self, bundle_id: str, threshold: float, baseline_median: float | None, rules: DriftConfig,
                  path: pathlib.Path | None = None) -> None:
         self.bundle_id, self.threshold, self.baseline_median = bundle_id, float(threshold), baseline_median
         self.rules, self.path = rules, path

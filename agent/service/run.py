@@ -39,7 +39,7 @@ from humwatch.agent.model.bundle import Bundle
 from humwatch.agent.model.pipeline import PatchScore, Pipeline, check_known_answer
 from humwatch.agent.service.alarm import AlarmPolicy, ChunkStats, SensorEvent, SensorHealth
 from humwatch.agent.service.capture import AudioSource, DeviceSource, open_source
-from humwatch.agent.service.drift import DailyScoreStats, DriftRules
+from humwatch.agent.service.drift import DailyScoreStats
 from humwatch.agent.service.evidence import EvidenceStore
 from humwatch.agent.service.feedback import CommandHandler
 from humwatch.agent.service.ownership import refuse_foreign_state
@@ -118,13 +118,11 @@ class Analysis:
         previous_drift: DailyScoreStats | None = getattr(self, "drift", None)
         if previous_drift is not None:
             previous_drift.save()
-        bundle, drift = pipeline.bundle, self.config.drift
-        calibration = bundle.manifest.get("calibration") if isinstance(bundle.manifest, dict) else None
-        baseline = calibration.get("heldout_score_median") if isinstance(calibration, dict) else None
+        bundle = pipeline.bundle
+        baseline = (bundle.manifest.get("calibration") or {}).get("heldout_score_median")  # absent: no median rule
         self.drift = DailyScoreStats(bundle.id, self.policy.threshold_high,
                                      float(baseline) if isinstance(baseline, (int, float)) else None,
-                                     DriftRules(drift.days, drift.median_shift, drift.p95_margin, drift.min_windows),
-                                     self.config.state.dir / "drift.json")
+                                     self.config.drift, self.config.state.dir / "drift.json")
         self._advice = self.drift.advice()
 
     def replace_pipeline(self, pipeline: Pipeline) -> None:

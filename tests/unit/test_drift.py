@@ -5,9 +5,10 @@ import datetime as dt
 
 import numpy as np
 
-from humwatch.agent.service.drift import BIN_WIDTH, DailyScoreStats, DriftRules
+from humwatch.agent.config import DriftConfig
+from humwatch.agent.service.drift import BIN_WIDTH, DailyScoreStats
 
-RULES = DriftRules(days=3, median_shift=1.0, p95_margin=0.5, min_windows=100)
+RULES = DriftConfig(days=3, median_shift=1.0, p95_margin=0.5, min_windows=100)
 START = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
 
 
