@@ -167,7 +167,7 @@ git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | t
 mount --bind -o ro "$repo/../shared" "$root/opt/checkout/shared"; mounts+=("$root/opt/checkout/shared")
 started=$SECONDS
 status=0
-arm sh -c "cd /opt/checkout/humwatch && scripts/test --fast -q -rs -p no:cacheprovider" >"$work/arm-test.log" 2>&1 \
+arm sh -c "cd /opt/checkout/humwatch && scripts/test --fast -q -rfEs -p no:cacheprovider" >"$work/arm-test.log" 2>&1 \
   || status=$?
 say "arm64: scripts/test --fast exited $status after $((SECONDS - started)) s: $(grep -E '(passed|failed|error)' \
   "$work/arm-test.log" | tail -1)"
