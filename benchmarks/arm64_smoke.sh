@@ -44,7 +44,7 @@ if [ ! -x "$root/usr/bin/python3" ]; then
   say "building a Debian 12 arm64 root at $root (debootstrap, several minutes)"
   mkdir -p "$(dirname "$root")"
   debootstrap --arch=arm64 --variant=minbase \
-    --include=python3,python3-venv,python3-dev,python3-pip,portaudio19-dev,build-essential,ca-certificates \
+    --include=python3,python3-venv,python3-dev,python3-pip,portaudio19-dev,build-essential,ca-certificates,procps \
     bookworm "$root" http://deb.debian.org/debian >"$(dirname "$root")/debootstrap.log"
 else
   say "reusing the arm64 root at $root"
