@@ -18,13 +18,13 @@ import datetime as dt
 import json
 import logging
 import pathlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
 from humwatch.agent.config import DriftConfig
 from humwatch.agent.durable import write_atomic
-from humwatch.agent.transport.messages import DriftToday
+from humwatch.agent.transport.messages import DayScores, DriftToday
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,6 @@ BIN_WIDTH = 0.05
 LOWEST, HIGHEST = -20.0, 80.0  # scores beyond are counted in the edge bins
 DAY_BINS = int(round((HIGHEST - LOWEST) / BIN_WIDTH))
 HISTORY_DAYS = 30
-
-
-@dataclass(frozen=True)
-class DayStats:
-    day: str  # UTC date, YYYY-MM-DD
-    windows: int
-    median: float | None
-    p95: float | None
 
 
 def _quantile(counts: np.ndarray, q: float) -> float | None:
@@ -57,18 +49,21 @@ class DailyScoreStats:
                  path: pathlib.Path | None = None) -> None:
         self.bundle_id, self.threshold, self.baseline_median = bundle_id, float(threshold), baseline_median
         self.rules, self.path = rules, path
-        self.days: list[DayStats] = []
+        self.days: list[DayScores] = []
         self._day: str | None = None
         self._counts = np.zeros(DAY_BINS, np.int64)
         self._load()
 
-    def add(self, score: float, when: dt.datetime) -> None:
+    def add(self, score: float, when: dt.datetime) -> bool:
+        """Count one window score; True when it began a new day (the completed days, and so the advice, changed)."""
         day = when.astimezone(dt.timezone.utc).date().isoformat()
-        if day != self._day:
+        new_day = day != self._day
+        if new_day:
             self._close_day()
             self._day = day
         index = int((score - LOWEST) / BIN_WIDTH) if np.isfinite(score) else DAY_BINS - 1
         self._counts[min(max(index, 0), DAY_BINS - 1)] += 1
+        return new_day
 
     def _close_day(self) -> None:
         if self._day is not None and self._counts.any():
@@ -76,9 +71,9 @@ class DailyScoreStats:
             self._counts[:] = 0
             self.save()
 
-    def _stats(self) -> DayStats:
-        return DayStats(self._day or "", int(self._counts.sum()), _quantile(self._counts, 0.5),
-                        _quantile(self._counts, 0.95))
+    def _stats(self) -> DayScores:
+        return DayScores(day=self._day or "", windows=int(self._counts.sum()), median=_quantile(self._counts, 0.5),
+                         p95=_quantile(self._counts, 0.95))
 
     def today(self) -> DriftToday:
         """The current day's statistics, for the score telemetry."""
@@ -123,7 +118,7 @@ class DailyScoreStats:
             state = json.loads(self.path.read_text())
             if state.get("bundle") != self.bundle_id:
                 return  # another calibration: its scores are on another scale
-            self.days = [DayStats(**d) for d in state["days"]][-HISTORY_DAYS:]
+            self.days = [DayScores(**d) for d in state["days"]][-HISTORY_DAYS:]
             self._day = state["day"]
             for index, count in state["counts"].items():
                 self._counts[int(index)] = int(count)

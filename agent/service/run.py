@@ -231,7 +231,8 @@ class Analysis:
         self.publisher.publish_alarm(alarm)
 
     def _observe_drift(self, window_score: float) -> None:
-        self.drift.add(window_score, datetime.now(timezone.utc))
+        if not self.drift.add(window_score, datetime.now(timezone.utc)):
+            return  # the advice changes only when a day is completed
         advice = self.drift.advice()
         if advice != self._advice:
             self._advice = advice

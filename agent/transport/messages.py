@@ -159,13 +159,19 @@ class ScoreMessage(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DriftToday:
-    """One UTC day's window scores (the machine alarm off), for the drift advice."""
+class DayScores:
+    """One UTC day's window scores (the machine alarm off), as the drift rules judge them."""
 
     day: str = documented(doc="the UTC date, YYYY-MM-DD")
     windows: int = documented(doc="windows scored that day")
     median: float | None = documented(doc="their median window score (null before the first)")
     p95: float | None = documented(doc="their 95th percentile (null before the first)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriftToday(DayScores):
+    """One UTC day's window scores (the machine alarm off), for the drift advice."""
+
     unit: str = documented("held-out SD", doc="the scores' unit: standard deviations of the held-out normal scores")
     baseline_median: float | None = documented(doc="the median held-out window score at calibration, or null")
 
