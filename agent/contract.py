@@ -14,6 +14,7 @@ SCHEMA_VERSION = 1
 
 SAMPLE_RATE = 16_000
 N_FFT = 1024
+SPECTRUM_BINS = N_FFT // 2 + 1  # STFT power bins, 0 Hz to the Nyquist frequency, 15.6 Hz apart
 HOP_LENGTH = 256
 N_MELS = 64
 FMIN_HZ = 0.0

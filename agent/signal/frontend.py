@@ -17,9 +17,10 @@ from humwatch.agent.contract import (
     PATCH_FRAMES,
     PATCH_HOP_FRAMES,
     PATCH_HOP_SAMPLES,
+    SPECTRUM_BINS,
     FrontEndParams,
 )
-from humwatch.agent.signal.mel import frame_count, mel_db_frames
+from humwatch.agent.signal.mel import frame_count, mel_db_and_power
 from humwatch.agent.signal.viridis import VIRIDIS_RGB, colour_indices
 
 
@@ -31,6 +32,8 @@ class PatchBatch:
     images: np.ndarray = field(default_factory=lambda: np.empty((0, *IMAGE_SHAPE), np.uint8))
     # Stream samples consumed when each patch became complete: the patch's end time × sample rate.
     end_samples: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    # Mean STFT power of each patch's frames per FFT bin, (n, N_FFT//2 + 1): the fine spectrum of agent.signal.tone.
+    spectrum: np.ndarray = field(default_factory=lambda: np.empty((0, SPECTRUM_BINS), np.float32))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -40,12 +43,16 @@ class PatchBatch:
         if not batches:
             return cls()
         return cls(np.concatenate([b.db for b in batches]), np.concatenate([b.images for b in batches]),
-                   np.concatenate([b.end_samples for b in batches]))
+                   np.concatenate([b.end_samples for b in batches]), np.concatenate([b.spectrum for b in batches]))
+
+
+if PATCH_FRAMES != 2 * PATCH_HOP_FRAMES:
+    raise ImportError("the front end's patch spectrum assumes a patch of two hop blocks")
 
 
 # What push returns until a patch completes (7 of every 8 microphone chunks): shared, read-only, no allocation.
 NO_PATCHES = PatchBatch()
-for _array in (NO_PATCHES.db, NO_PATCHES.images, NO_PATCHES.end_samples):
+for _array in (NO_PATCHES.db, NO_PATCHES.images, NO_PATCHES.end_samples, NO_PATCHES.spectrum):
     _array.flags.writeable = False
 
 
@@ -83,6 +90,7 @@ class FrontEnd:
         self._pending: list[np.ndarray] = []  # chunks not yet framed: framing waits until a patch can complete
         self._pending_count = 0
         self._frames = np.empty((0, N_MELS), np.float32)
+        self._block_power = np.empty((0, SPECTRUM_BINS), np.float32)  # mean power of each hop block of _frames
         self._patches_out = 0
 
     def push(self, samples: np.ndarray) -> PatchBatch:
@@ -98,19 +106,23 @@ class FrontEnd:
         # with the batch size, and fixed blocks make a stream in any chunk size bit-identical to the offline path.
         blocks = frame_count(len(self._samples)) // PATCH_HOP_FRAMES
         block_span = (PATCH_HOP_FRAMES - 1) * HOP_LENGTH + N_FFT
-        new_frames = [mel_db_frames(self._samples[b * PATCH_HOP_SAMPLES: b * PATCH_HOP_SAMPLES + block_span])
-                      for b in range(blocks)]
+        new = [mel_db_and_power(self._samples[b * PATCH_HOP_SAMPLES: b * PATCH_HOP_SAMPLES + block_span])
+               for b in range(blocks)]
         self._samples = self._samples[blocks * PATCH_HOP_SAMPLES:]
-        self._frames = np.concatenate([self._frames, *new_frames])
+        self._frames = np.concatenate([self._frames, *(frames for frames, _ in new)])
+        self._block_power = np.concatenate([self._block_power, *(power[None] for _, power in new)])
         n_patches = (len(self._frames) - PATCH_FRAMES) // PATCH_HOP_FRAMES + 1
         starts = np.arange(n_patches) * PATCH_HOP_FRAMES
         db = np.stack([self._frames[s: s + PATCH_FRAMES].T for s in starts])
         self._frames = self._frames[n_patches * PATCH_HOP_FRAMES:]
+        # A patch is two hop blocks (PATCH_FRAMES = 2 × PATCH_HOP_FRAMES): its mean power is theirs.
+        spectrum = (self._block_power[:n_patches] + self._block_power[1:n_patches + 1]) / 2
+        self._block_power = self._block_power[n_patches:]
         index = self._patches_out + np.arange(n_patches)
         self._patches_out += n_patches
         # Patch k ends with frame 32k+63, whose window ends N_FFT/2 samples after its centre.
         end_samples = index * PATCH_HOP_SAMPLES + FIRST_PATCH_SAMPLES
-        return PatchBatch(db, images_from_db(db, self.params), end_samples.astype(np.int64))
+        return PatchBatch(db, images_from_db(db, self.params), end_samples.astype(np.int64), spectrum)
 
 
 def clip_patches(samples: np.ndarray, params: FrontEndParams | None = None) -> PatchBatch:
