@@ -28,7 +28,8 @@ from humwatch.agent.signal.frames import FRAME_SOURCES
 MANIFEST = "bundle.json"
 EXTRACTOR_FILE = "extractor.tflite"
 MODULATION = "logmel-modulation"  # agent.signal.modulation, one row per patch
-FEATURE_SOURCES = ("cnn", *FRAME_SOURCES, MODULATION)
+TONE = "fft-tone"  # agent.signal.tone, one row per patch
+FEATURE_SOURCES = ("cnn", *FRAME_SOURCES, MODULATION, TONE)
 FUSIONS = ("mean", "max")
 KEEP_VERSIONS = 3
 
@@ -49,6 +50,9 @@ class DetectorEntry:
     # readings of one file have two names). A bundle written before names existed gets the name calibration gives
     # (calibration.candidates.PARTS): the file's stem, "-2s" added for a two-sided reading.
     name: str = ""
+    # A gated detector is not averaged with the others: its reading beyond `gate` (held-out standard deviations) is
+    # added to their fused score (agent.model.pipeline.add_gated), as the timing detector's is. None: averaged.
+    gate: float | None = None
 
     @property
     def window_level(self) -> bool:
@@ -200,6 +204,8 @@ def _entries(items: list, where: pathlib.Path | str) -> list[DetectorEntry]:
         entries.append(entry)
     if not entries:
         raise ModelError(f"{where}: the bundle has no detector")
+    if all(e.gate is not None for e in entries):
+        raise ModelError(f"{where}: every detector is gated; a bundle needs one whose readings are averaged")
     return entries
 
 
@@ -209,7 +215,7 @@ def _entry(d, where: str) -> DetectorEntry:
             raise TypeError("not an object")
         if "two_sided_centre" in d:
             raise ValueError("two_sided_centre is from an earlier humwatch (read per patch); recalibrate")
-        numbers = {k: d[k] for k in _ENTRY_NUMBERS if k in d and not (k == "window_centre" and d[k] is None)}
+        numbers = {k: d[k] for k in _ENTRY_NUMBERS if k in d and not (k in _OPTIONAL_NUMBERS and d[k] is None)}
         bad = [f"{k} {v!r}" for k, v in numbers.items() if not (_is_number(v) and math.isfinite(v))]
         if bad:
             raise ValueError(f"{', '.join(bad)} is not a finite number")
@@ -224,6 +230,8 @@ def _entry(d, where: str) -> DetectorEntry:
     if entry.feature_source not in FEATURE_SOURCES or not entry.score_std > 0:
         raise ModelError(f"{where} has feature_source {entry.feature_source!r} "
                          f"(expected one of {FEATURE_SOURCES}) or a non-positive score_std")
+    if entry.gate is not None and entry.gate < 0:
+        raise ModelError(f"{where} has a negative gate")
     if entry.window_level and entry.window_centre is not None:
         raise ModelError(f"{where} is a window-level {entry.kind} detector and has no window_centre")
     if pathlib.PurePath(entry.file).name != entry.file:
@@ -236,10 +244,13 @@ def _entry_json(entry: DetectorEntry) -> dict:
             "score_mean": entry.score_mean, "score_std": entry.score_std, "name": entry.name}
     if entry.window_centre is not None:
         data["window_centre"] = entry.window_centre
+    if entry.gate is not None:
+        data["gate"] = entry.gate
     return data
 
 
-_ENTRY_NUMBERS = ("score_mean", "score_std", "window_centre")
+_ENTRY_NUMBERS = ("score_mean", "score_std", "window_centre", "gate")
+_OPTIONAL_NUMBERS = ("window_centre", "gate")
 TIMING_NAME = "timing"  # the timing detector's reading in alarms and logs
 
 

@@ -11,12 +11,13 @@ import numpy as np
 
 from humwatch.agent.contract import SAMPLE_RATE, logmel_extractor_sha256
 from humwatch.agent.errors import ModelError, RuntimeMismatchError
-from humwatch.agent.model.bundle import MODULATION, TIMING_NAME, Bundle, DetectorEntry
+from humwatch.agent.model.bundle import MODULATION, TIMING_NAME, TONE, Bundle, DetectorEntry
 from humwatch.agent.model.scorers import Detector, load_detector
 from humwatch.agent.model.timing import StreamProfiles, TimingModel
 from humwatch.agent.signal.frames import FRAME_SOURCES, frame_dim, frame_patch_scores
 from humwatch.agent.signal.frontend import FrontEnd, PatchBatch
 from humwatch.agent.signal.modulation import MODULATION_DIM, modulation_spectrum
+from humwatch.agent.signal.tone import TONE_DIM, tone_contrast
 
 if TYPE_CHECKING:
     from humwatch.agent.model.extractor import Extractor
@@ -80,6 +81,7 @@ class PatchScorer:
             source = detector.feature_source
             if source not in features and source not in FRAME_SOURCES:
                 features[source] = (self._cnn().embed(batch.images) if source == "cnn"
+                                    else tone_contrast(batch.spectrum) if source == TONE
                                     else modulation_spectrum(batch.db))
             if detector.window_level:
                 blocks[file] = detector.transform(features[source])
@@ -106,7 +108,7 @@ class PatchScorer:
 
 def source_dim(source: str) -> int:
     """Values per patch (or per frame row) of a non-CNN feature source."""
-    return MODULATION_DIM if source == MODULATION else frame_dim(source)
+    return MODULATION_DIM if source == MODULATION else TONE_DIM if source == TONE else frame_dim(source)
 
 
 def standardise(raw: np.ndarray, entry: DetectorEntry) -> np.ndarray:
@@ -138,6 +140,17 @@ def window_readings(window_means: np.ndarray, entries: Sequence[DetectorEntry]) 
 def fuse(readings: np.ndarray, fusion: str) -> np.ndarray:
     """Window scores from the detectors' readings (windows, detectors): their mean, or the largest."""
     return readings.max(axis=1) if fusion == "max" else readings.mean(axis=1)
+
+
+def fuse_gated(readings: np.ndarray, entries: Sequence[DetectorEntry], fusion: str) -> np.ndarray:
+    """Window scores from the detectors' readings (windows, detectors): the ungated ones fused, plus each gated
+    one's reading beyond its gate. A gated detector (a steady tone's) sees what the others miss; below its gate it
+    leaves their score alone, so it adds no false alarms on sound they call normal."""
+    gated = [j for j, e in enumerate(entries) if e.gate is not None]
+    score = fuse(np.delete(readings, gated, axis=1), fusion)
+    for j in gated:
+        score = score + np.maximum(0.0, readings[:, j] - entries[j].gate)
+    return score
 
 
 def add_timing(fused: np.ndarray, timing: np.ndarray, gate: float) -> np.ndarray:
@@ -185,7 +198,7 @@ class Pipeline:
                 results.append(PatchScore(time=seconds, window_score=None))
                 continue
             readings = self.scorer.read(np.mean(self._window, axis=0)[None])
-            score = fuse(readings, self.bundle.spec.fusion)
+            score = fuse_gated(readings, self.bundle.spec.detectors, self.bundle.spec.fusion)
             named = dict(zip(self._names, readings[0].tolist()))
             if profile is not None and self.timing is not None and self.bundle.spec.timing is not None:
                 timing = self.timing.score(profile)
