@@ -82,3 +82,14 @@ def test_a_gated_reading_adds_only_beyond_its_gate():
     np.testing.assert_allclose(fuse_gated(readings, entries, "max"), [3.0, 3.0, 9.0, 5.0])
     # without a gated entry, the fusion of old bundles is unchanged
     np.testing.assert_allclose(fuse_gated(readings[:, :2], entries[:2], "mean"), [2.0, 2.0, 2.0, -2.0])
+
+
+def test_tone_contrast_is_each_groups_largest_bin_over_the_mean_of_its_neighbours():
+    spectrum = np.random.default_rng(3).uniform(0.1, 2.0, size=(4, SPECTRUM_BINS)).astype(np.float32)
+    db = 10 * np.log10(spectrum.astype(np.float64))
+    offsets = [o for o in range(-TONE_REACH, TONE_REACH + 1) if abs(o) > 1]
+    bins = TONE_DIM * TONE_GROUP
+    contrast = db[:, TONE_REACH:TONE_REACH + bins] - np.mean(
+        [db[:, TONE_REACH + o:TONE_REACH + o + bins] for o in offsets], axis=0)
+    expected = contrast.reshape(4, TONE_DIM, TONE_GROUP).max(axis=2)
+    np.testing.assert_allclose(tone_contrast(spectrum), expected, atol=1e-3)
