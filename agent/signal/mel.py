@@ -75,7 +75,7 @@ def mel_db_and_power(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                                              (HOP_LENGTH * samples.itemsize, samples.itemsize), writeable=False)
     spectrum = scipy.fft.rfft(frames * hann_window(), axis=1)
     power = spectrum.real ** 2 + spectrum.imag ** 2
-    return power_to_db(power @ mel_filterbank().T), power.mean(axis=0)
+    return power_to_db(power @ mel_filterbank().T), power.sum(axis=0) / np.float32(n_frames)
 
 
 def power_to_db(power: np.ndarray) -> np.ndarray:

@@ -20,7 +20,6 @@ TONE_REACH = 8  # the baseline is the mean of the bins TONE_GUARD+1 .. TONE_REAC
 TONE_GROUP = 8  # adjacent bins whose largest contrast is one value
 _BINS = (SPECTRUM_BINS - 2 * TONE_REACH) // TONE_GROUP * TONE_GROUP  # bins with a whole neighbourhood, in groups
 TONE_DIM = _BINS // TONE_GROUP  # 62 groups: 125 Hz to 7.875 kHz
-_CENTRES = np.arange(TONE_REACH, TONE_REACH + _BINS)
 
 
 def tone_contrast(spectrum: np.ndarray) -> np.ndarray:
@@ -31,8 +30,11 @@ def tone_contrast(spectrum: np.ndarray) -> np.ndarray:
         raise ValueError(f"power spectra must be (n, {SPECTRUM_BINS}), not {spectrum.shape}")
     db = 10.0 * np.log10(np.maximum(spectrum, np.float32(DB_AMIN)))
     sums = np.cumsum(np.pad(db, ((0, 0), (1, 0))), axis=1)  # sums[:, b] = db[:, :b].sum(axis=1)
-    reach = sums[:, _CENTRES + TONE_REACH + 1] - sums[:, _CENTRES - TONE_REACH]
-    guard = sums[:, _CENTRES + TONE_GUARD + 1] - sums[:, _CENTRES - TONE_GUARD]
-    baseline = (reach - guard) / (2 * (TONE_REACH - TONE_GUARD))
+
+    def total(half: int) -> np.ndarray:  # each bin's sum over the bins `half` either side of it, itself included
+        first, last = TONE_REACH - half, TONE_REACH + half + 1
+        return sums[:, last: last + _BINS] - sums[:, first: first + _BINS]
+
+    baseline = (total(TONE_REACH) - total(TONE_GUARD)) / (2 * (TONE_REACH - TONE_GUARD))
     contrast = db[:, TONE_REACH: TONE_REACH + _BINS] - baseline
     return contrast.reshape(len(db), TONE_DIM, TONE_GROUP).max(axis=2).astype(np.float32)
