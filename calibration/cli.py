@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
                         help="pipeline: 'window-knn' (default) measures each 10 s window's modulation spectrum and "
-                             "CNN features against every normal window heard; 'auto' chooses per machine among the "
+                             "CNN features against every normal window heard, and adds a steady tone beyond a gate; "
+                             "'auto' chooses per machine among the "
                              "patch-level candidates by synthetic faults; 'paper' is Müller et al.'s GMM-80 on CNN "
                              "features; any other name fits that candidate alone")
     parser.add_argument("--detector", choices=tuple(DETECTOR_PRESETS), default=None,
