@@ -113,6 +113,7 @@ def in_process(bundle: pathlib.Path, audio: np.ndarray) -> None:
     spent.clear()
     timed(pipeline.front_end, "push", spent, "front end")
     timed(pipeline_module, "modulation_spectrum", spent, "modulation spectrum")
+    timed(pipeline_module, "tone_contrast", spent, "tone contrast")
     for detector in pipeline.scorer.detectors.values():
         if detector.window_level:  # features transformed per patch, the bank searched per window
             timed(detector, "transform", spent, f"detector {detector.path.stem} transform")
