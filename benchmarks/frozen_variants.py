@@ -174,8 +174,8 @@ def main() -> None:
         print(f"{'variant':60s} {'source':>15s} {'target':>15s}")
         for name, scores in variants(section, args.model, cache).items():
             clip = np.array([s.max() for s in scores])
-            figures = [f"{domain_only_auc(labels, clip, domains, d):.3f} ({official_domain_auc(labels, clip, domains, d):.3f})"
-                       for d in ("source", "target")]
+            figures = [f"{domain_only_auc(labels, clip, domains, d):.3f} "
+                       f"({official_domain_auc(labels, clip, domains, d):.3f})" for d in ("source", "target")]
             print(f"{name:60s} {figures[0]:>15s} {figures[1]:>15s}", flush=True)
 
 
