@@ -117,4 +117,7 @@ def _dequantise(values: np.ndarray, detail: dict) -> np.ndarray:
     scale, zero_point = detail["quantization"]
     if np.dtype(detail["dtype"]).kind == "f" or scale == 0.0:
         return values.astype(np.float32)
-    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+    features = values.astype(np.float32)
+    features -= zero_point  # in place: one float32 array for the whole dequantisation
+    features *= scale
+    return features

@@ -3,7 +3,6 @@
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
@@ -15,7 +14,7 @@ from humwatch.agent.model.bundle import MODULATION, TIMING_NAME, TONE, Bundle, D
 from humwatch.agent.model.scorers import Detector, load_detector
 from humwatch.agent.model.timing import StreamProfiles, TimingModel
 from humwatch.agent.signal.frames import FRAME_SOURCES, frame_dim, frame_patch_scores
-from humwatch.agent.signal.frontend import FrontEnd, PatchBatch
+from humwatch.agent.signal.frontend import NO_PATCHES, FrontEnd, PatchBatch
 from humwatch.agent.signal.modulation import MODULATION_DIM, modulation_spectrum
 from humwatch.agent.signal.tone import TONE_DIM, tone_contrast
 
@@ -159,6 +158,37 @@ def add_timing(fused: np.ndarray, timing: np.ndarray, gate: float) -> np.ndarray
     return fused + np.maximum(0.0, timing - gate)
 
 
+class WindowRows:
+    """The last `size` rows of the PatchScorer in stream order, and their mean: the window a patch completes.
+
+    Each row is written twice, at i and i + size of a (2·size, width) buffer, so the last `size` rows are always one
+    contiguous slice in stream order: the mean is one reduction, with no copy of a list of rows into an array each
+    patch, and summed in the same order as a (size, width) array of them."""
+
+    def __init__(self, size: int, width: int) -> None:
+        self.size = size
+        self._rows = np.zeros((2 * size, width))
+        self._count = 0
+
+    def reset(self) -> None:
+        self._count = 0
+
+    def push(self, row: np.ndarray) -> None:
+        at = self._count % self.size
+        self._rows[at] = row
+        self._rows[at + self.size] = row
+        self._count += 1
+
+    @property
+    def full(self) -> bool:
+        return self._count >= self.size
+
+    def mean(self) -> np.ndarray:
+        """(1, width): the mean of the last `size` rows, once `full`."""
+        start = self._count % self.size
+        return self._rows[start: start + self.size].mean(axis=0, keepdims=True)
+
+
 @dataclass(frozen=True)
 class PatchScore:
     time: float  # seconds of stream audio consumed when the patch completed
@@ -175,29 +205,34 @@ class Pipeline:
         self.bundle = bundle
         self.scorer = scorer or PatchScorer(bundle, num_threads)
         self.front_end = FrontEnd(bundle.spec.frontend)
-        self._window: deque[np.ndarray] = deque(maxlen=bundle.spec.window_patches)  # the PatchScorer's rows
+        self._window = WindowRows(bundle.spec.window_patches, self.scorer.columns[-1].stop)
         self._names = [entry.name for entry in bundle.spec.detectors]
         self.timing = TimingModel.load(bundle.path / bundle.spec.timing.file) if bundle.spec.timing else None
         self.timing_profiles = StreamProfiles()
 
     def reset(self) -> None:
         self.front_end.reset()
-        self._window.clear()
+        self._window.reset()
         self.timing_profiles.reset()
 
     def push(self, samples: np.ndarray) -> list[PatchScore]:
         batch = self.front_end.push(samples)
-        profiles = self.timing_profiles.push(samples, batch.end_samples) if self.timing else [None] * len(batch)
+        if self.timing is None:
+            if batch is NO_PATCHES:  # 7 of every 8 microphone chunks: return before any other work
+                return []
+            profiles = [None] * len(batch)
+        else:
+            profiles = self.timing_profiles.push(samples, batch.end_samples)
         if len(batch) == 0:
             return []
         results = []
         for end, scores, profile in zip(batch.end_samples, self.scorer.score(batch), profiles):
-            self._window.append(scores)
+            self._window.push(scores)
             seconds = float(end) / SAMPLE_RATE
-            if len(self._window) < self.bundle.spec.window_patches:
+            if not self._window.full:
                 results.append(PatchScore(time=seconds, window_score=None))
                 continue
-            readings = self.scorer.read(np.mean(self._window, axis=0)[None])
+            readings = self.scorer.read(self._window.mean())
             score = fuse_gated(readings, self.bundle.spec.detectors, self.bundle.spec.fusion)
             named = dict(zip(self._names, readings[0].tolist()))
             if profile is not None and self.timing is not None and self.bundle.spec.timing is not None:
