@@ -9,9 +9,10 @@ windows measured against the bank without its stretch of sound), and the two are
 threshold is set on. A third, gated detector, `tone-knn` (agent.signal.tone: each narrow band's peak over its
 neighbours in the fine FFT spectrum, standardised per value), hears a steady whine the two average away: its
 standardised distance is added beyond a gate of GATE_FACTOR × its largest leave-out reference, so it leaves the
-score of every window it finds as normal as the calibration's own alone (and the threshold with it). Why this and not the paper's patch GMM: on real recordings with labelled faults it ranked
-faults above normal sound best, and it keeps every normal condition in the bank, so normal sound of a new condition
-can be added later without refitting (`extend`). docs/quality.md holds the figures.
+score of every window it finds as normal as the calibration's own alone (and the threshold with it). Why this and
+not the paper's patch GMM: on real recordings with labelled faults it ranked faults above normal sound best, and it
+keeps every normal condition in the bank, so normal sound of a new condition can be added later without refitting
+(`extend`). docs/quality.md holds the figures.
 
 A bank window is the mean of 18 consecutive patches, as the agent averages them; a block shorter than a window is one
 window of its patches. The bank keeps at most `BANK_CAP` windows (a larger stride through long calibrations).
