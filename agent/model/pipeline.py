@@ -217,12 +217,9 @@ class Pipeline:
 
     def push(self, samples: np.ndarray) -> list[PatchScore]:
         batch = self.front_end.push(samples)
-        if self.timing is None:
-            if batch is NO_PATCHES:  # 7 of every 8 microphone chunks: return before any other work
-                return []
-            profiles = [None] * len(batch)
-        else:
-            profiles = self.timing_profiles.push(samples, batch.end_samples)
+        if self.timing is None and batch is NO_PATCHES:  # 7 of every 8 microphone chunks: no other work
+            return []
+        profiles = self.timing_profiles.push(samples, batch.end_samples) if self.timing else [None] * len(batch)
         if len(batch) == 0:
             return []
         results = []
