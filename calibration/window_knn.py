@@ -29,7 +29,7 @@ import numpy as np
 from humwatch.agent.contract import SCHEMA_VERSION, WINDOW_PATCHES, logmel_extractor_sha256
 from humwatch.agent.errors import AudioError, ModelError
 from humwatch.agent.model.bundle import MODULATION, TONE, Bundle, DetectorEntry
-from humwatch.agent.model.pipeline import fuse_gated, standardise
+from humwatch.agent.model.pipeline import detector_gates, fuse_gated, standardise
 from humwatch.agent.model.scorers import Detector, DetectorArrays, load_detector, nearest_distances
 from humwatch.agent.npz import read_npz
 from humwatch.calibration.export import write_npz_atomic
@@ -278,7 +278,7 @@ def _referenced(arrays: dict[str, dict[str, np.ndarray]], extractor_sha256: str 
             entry = replace(entry, gate=gate(standardise(distances, entry)))
         entries[part.name] = entry
     readings = np.stack([standardise(references[p.name], entries[p.name]) for p in parts], axis=1)
-    fused = fuse_gated(readings, [entries[p.name] for p in parts], "mean")
+    fused = fuse_gated(readings, detector_gates([entries[p.name] for p in parts]), "mean")
     groups = len(np.unique(arrays[PARTS[0].name]["bank_groups"]))
     log.info("window kNN: bank of %d windows, %d leave-out reference windows from %d stretches",
              len(arrays[PARTS[0].name]["bank"]), len(fused), groups)

@@ -141,15 +141,20 @@ def fuse(readings: np.ndarray, fusion: str) -> np.ndarray:
     return readings.max(axis=1) if fusion == "max" else readings.mean(axis=1)
 
 
-def fuse_gated(readings: np.ndarray, entries: Sequence[DetectorEntry], fusion: str) -> np.ndarray:
+def detector_gates(entries: Sequence[DetectorEntry]) -> np.ndarray:
+    """Each entry's gate, NaN for the entries that are averaged: what fuse_gated reads, built once per bundle."""
+    return np.array([np.nan if e.gate is None else e.gate for e in entries])
+
+
+def fuse_gated(readings: np.ndarray, gates: np.ndarray, fusion: str) -> np.ndarray:
     """Window scores from the detectors' readings (windows, detectors): the ungated ones fused, plus each gated
-    one's reading beyond its gate. A gated detector (a steady tone's) sees what the others miss; below its gate it
-    leaves their score alone, so it adds no false alarms on sound they call normal."""
-    gated = [j for j, e in enumerate(entries) if e.gate is not None]
-    score = fuse(np.delete(readings, gated, axis=1), fusion)
-    for j in gated:
-        score = score + np.maximum(0.0, readings[:, j] - entries[j].gate)
-    return score
+    one's reading beyond its gate (`gates`: detector_gates). A gated detector (a steady tone's) sees what the others
+    miss; below its gate it leaves their score alone, so it adds no false alarms on sound they call normal."""
+    averaged = np.isnan(gates)
+    score = fuse(readings[:, averaged], fusion)
+    if averaged.all():
+        return score
+    return score + np.maximum(0.0, readings[:, ~averaged] - gates[~averaged]).sum(axis=1)
 
 
 def add_timing(fused: np.ndarray, timing: np.ndarray, gate: float) -> np.ndarray:
@@ -207,6 +212,7 @@ class Pipeline:
         self.front_end = FrontEnd(bundle.spec.frontend)
         self._window = WindowRows(bundle.spec.window_patches, self.scorer.columns[-1].stop)
         self._names = [entry.name for entry in bundle.spec.detectors]
+        self._gates = detector_gates(bundle.spec.detectors)
         self.timing = TimingModel.load(bundle.path / bundle.spec.timing.file) if bundle.spec.timing else None
         self.timing_profiles = StreamProfiles()
 
@@ -230,7 +236,7 @@ class Pipeline:
                 results.append(PatchScore(time=seconds, window_score=None))
                 continue
             readings = self.scorer.read(self._window.mean())
-            score = fuse_gated(readings, self.bundle.spec.detectors, self.bundle.spec.fusion)
+            score = fuse_gated(readings, self._gates, self.bundle.spec.fusion)
             named = dict(zip(self._names, readings[0].tolist()))
             if profile is not None and self.timing is not None and self.bundle.spec.timing is not None:
                 timing = self.timing.score(profile)

@@ -4,7 +4,7 @@ import pytest
 
 from humwatch.agent.contract import SAMPLE_RATE, SPECTRUM_BINS
 from humwatch.agent.model.bundle import DetectorEntry
-from humwatch.agent.model.pipeline import fuse_gated
+from humwatch.agent.model.pipeline import detector_gates, fuse_gated
 from humwatch.agent.signal.frontend import FrontEnd, PatchBatch, clip_patches
 from humwatch.agent.signal.tone import TONE_DIM, TONE_GROUP, TONE_REACH, tone_contrast
 from humwatch.calibration.window_knn import GATE_FACTOR, gate
@@ -78,10 +78,10 @@ def test_a_gated_reading_adds_only_beyond_its_gate():
                          [1.0, 3.0, 4.0],     # at it: still nothing added
                          [1.0, 3.0, 10.0],    # 6 beyond it
                          [-1.0, -3.0, 10.0]])
-    np.testing.assert_allclose(fuse_gated(readings, entries, "mean"), [2.0, 2.0, 8.0, 4.0])
-    np.testing.assert_allclose(fuse_gated(readings, entries, "max"), [3.0, 3.0, 9.0, 5.0])
+    np.testing.assert_allclose(fuse_gated(readings, detector_gates(entries), "mean"), [2.0, 2.0, 8.0, 4.0])
+    np.testing.assert_allclose(fuse_gated(readings, detector_gates(entries), "max"), [3.0, 3.0, 9.0, 5.0])
     # without a gated entry, the fusion of old bundles is unchanged
-    np.testing.assert_allclose(fuse_gated(readings[:, :2], entries[:2], "mean"), [2.0, 2.0, 2.0, -2.0])
+    np.testing.assert_allclose(fuse_gated(readings[:, :2], detector_gates(entries[:2]), "mean"), [2.0, 2.0, 2.0, -2.0])
 
 
 def test_tone_contrast_is_each_groups_largest_bin_over_the_mean_of_its_neighbours():
