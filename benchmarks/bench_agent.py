@@ -212,8 +212,9 @@ def main() -> None:
         work = pathlib.Path(scratch)
         bundle = args.bundle or calibrated_bundle(args.model, args.preset, work)
         info = Bundle.load(bundle)
-        print(f"bundle {info.id}: {json.dumps(info.model_ids)}, extractor "
-              f"{(info.manifest.get('extractor') or {}).get('source', 'none')}, threshold {info.spec.threshold_high:.3g}")
+        source = (info.manifest.get('extractor') or {}).get('source', 'none')
+        print(f"bundle {info.id}: {json.dumps(info.model_ids)}, extractor {source}, "
+              f"threshold {info.spec.threshold_high:.3g}")
         in_process(bundle, back_and_forth(normal, args.seconds))
         live_agent(bundle, normal, fault, work)
 
