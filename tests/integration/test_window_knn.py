@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from humwatch.agent.model.bundle import Bundle
-from humwatch.agent.model.pipeline import Pipeline, fuse
+from humwatch.agent.model.pipeline import Pipeline, detector_gates, fuse_gated
 from humwatch.agent.signal.audio import read_wav
 from humwatch.agent.signal.frontend import clip_patches
 from humwatch.calibration.calibrate import DEFAULT_PRESET, calibrate, extend_bundle
@@ -40,7 +40,9 @@ def own_copy(bundle: Path, tmp_path: Path) -> Path:
 
 def test_the_default_is_the_window_pipeline_and_the_stream_scores_as_a_recording(source_bundle, toycar):
     bundle = Bundle.load(source_bundle)
-    assert DEFAULT_PRESET == "window-knn" and [e.name for e in bundle.spec.detectors] == ["modulation-knn", "cnn-knn"]
+    assert DEFAULT_PRESET == "window-knn"
+    assert [e.name for e in bundle.spec.detectors] == ["modulation-knn", "cnn-knn", "tone-knn"]
+    assert [e.gate is not None for e in bundle.spec.detectors] == [False, False, True]  # the tone part is gated
     assert all(e.window_level for e in bundle.spec.detectors) and bundle.spec.timing is None
     pipeline = Pipeline(bundle)
     clip = read_wav(sorted((toycar / "test").glob("section_00_source_test_normal_*.wav"))[0])
@@ -49,7 +51,8 @@ def test_the_default_is_the_window_pipeline_and_the_stream_scores_as_a_recording
     for start in range(0, len(clip), 1024):  # as the microphone delivers it
         streamed += [r.window_score for r in pipeline.push(clip[start:start + 1024]) if r.window_score is not None]
     rows = pipeline.scorer.score(clip_patches(clip, bundle.spec.frontend))
-    batch = fuse(pipeline.scorer.read(rolling_means(rows)), bundle.spec.fusion)
+    batch = fuse_gated(pipeline.scorer.read(rolling_means(rows)), detector_gates(bundle.spec.detectors),
+                       bundle.spec.fusion)
     assert len(streamed) == len(batch) == 5  # 12 s: 22 patches, 5 windows of 18
     # equal up to float32 rounding: the projection is computed for one patch at a time in the stream
     np.testing.assert_allclose(streamed, batch, rtol=0, atol=1e-5)
