@@ -17,6 +17,7 @@ root=${HUMWATCH_ARM64_ROOT:-/var/tmp/humwatch-arm64/root}
 cpu=${QEMU_CPU:-cortex-a72}
 model=${HUMWATCH_MODEL:-$HOME/.local/share/humwatch/models/squeezenet1_1-int8.tflite}
 audio=${HUMWATCH_SMOKE_AUDIO:-$repo/../shared/audio/dcase2020-id00}
+preset=${HUMWATCH_SMOKE_PRESET:-window-knn}  # what calibrate chooses by default; `paper` for the paper's pipeline
 x86=$repo/.venv/bin/humwatch
 say() { echo "arm64_smoke: $*"; }
 stages=" ${*:-score calibrate run} "
@@ -100,8 +101,8 @@ cp "${clips[@]:0:40}" "$root/opt/smoke/calibrate/"
 cp "${clips[@]: -4}" "$audio"/test/*.wav "$root/opt/smoke/score/"
 cp -r "$root/opt/smoke" "$work/smoke"
 
-say "x86: calibrate (--preset paper) and score"
-"$x86" calibrate "$work/smoke/calibrate" --model "$model" --machine smoke --preset paper --out "$work/bundle" \
+say "x86: calibrate (--preset $preset) and score"
+"$x86" calibrate "$work/smoke/calibrate" --model "$model" --machine smoke --preset "$preset" --out "$work/bundle" \
   >"$work/x86-calibrate.log" 2>&1
 # score exits 1 when a file is judged anomalous (the test clip is): the JSON lines are what is compared.
 "$x86" score --bundle "$work/bundle" --json "$work"/smoke/score/*.wav >"$work/x86-scores.jsonl" 2>/dev/null || true
@@ -137,9 +138,9 @@ EOF
 fi
 
 if wants calibrate; then
-say "arm64: calibrate (--preset paper) on the same 40 clips"
+say "arm64: calibrate (--preset $preset) on the same 40 clips"
 started=$SECONDS
-arm humwatch calibrate /opt/smoke/calibrate --model "$model" --machine smoke --preset paper --out /opt/smoke/arm-bundle \
+arm humwatch calibrate /opt/smoke/calibrate --model "$model" --machine smoke --preset "$preset" --out /opt/smoke/arm-bundle \
   >"$work/arm-calibrate.log" 2>&1 || { tail -5 "$work/arm-calibrate.log"; exit 1; }
 say "arm64: calibrated in $((SECONDS - started)) s"
 "$repo/.venv/bin/python" - "$work/bundle/bundle.json" "$root/opt/smoke/arm-bundle/bundle.json" <<'EOF'
