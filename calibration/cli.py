@@ -42,9 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
                         help="pipeline: 'window-knn' (default) measures each 10 s window's modulation spectrum and "
                              "CNN features against every normal window heard, and adds a steady tone beyond a gate; "
-                             "'auto' chooses per machine among the "
-                             "patch-level candidates by synthetic faults; 'paper' is Müller et al.'s GMM-80 on CNN "
-                             "features; any other name fits that candidate alone")
+                             "'auto' chooses per machine among the patch-level candidates by synthetic faults; "
+                             "'paper' is Müller et al.'s GMM-80 on CNN features; any other name fits that candidate "
+                             "alone")
     parser.add_argument("--detector", choices=tuple(DETECTOR_PRESETS), default=None,
                         help="fit only this detector on CNN features (gmm = --preset paper, ocsvm = --preset "
                              "cnn-ocsvm)")
