@@ -23,9 +23,15 @@ from threadpoolctl import threadpool_limits
 from humwatch.agent.contract import PATCH_SECONDS, SAMPLE_RATE, WINDOW_PATCHES, FrontEndParams
 from humwatch.agent.durable import write_atomic
 from humwatch.agent.errors import AudioError, ConfigError, ModelError
-from humwatch.agent.model.bundle import MODULATION, TONE, Bundle, PipelineSpec, write_bundle
+from humwatch.agent.model.bundle import Bundle, PipelineSpec, write_bundle
 from humwatch.agent.model.extractor import Extractor
-from humwatch.agent.model.pipeline import KNOWN_ANSWER_TOLERANCE, Pipeline, check_known_answer, reference_scores
+from humwatch.agent.model.pipeline import (
+    KNOWN_ANSWER_TOLERANCE,
+    PATCH_FEATURES,
+    Pipeline,
+    check_known_answer,
+    reference_scores,
+)
 from humwatch.agent.model.reference import (
     NormalReference,
     load_normal_reference,
@@ -34,8 +40,6 @@ from humwatch.agent.model.reference import (
 )
 from humwatch.agent.signal.frontend import clip_patches
 from humwatch.agent.signal.mel import mel_db
-from humwatch.agent.signal.modulation import modulation_spectrum
-from humwatch.agent.signal.tone import tone_contrast
 from humwatch.calibration import window_knn
 from humwatch.calibration.collect import Block, survey
 from humwatch.calibration.report import write_report
@@ -316,7 +320,7 @@ def _threshold_on_references(fitted: window_knn.WindowKnnFit, patch_counts: list
 def block_features(block: Block, extractor: Extractor | None, params: FrontEndParams) -> window_knn.BlockFeatures:
     """A block's patch features for the window detectors; its images and samples are not kept."""
     batch = clip_patches(block.samples, params)
-    features = {MODULATION: modulation_spectrum(batch.db), TONE: tone_contrast(batch.spectrum)}
+    features = {source: feature.compute(batch) for source, feature in PATCH_FEATURES.items()}
     if extractor is not None:
         features["cnn"] = extractor.embed(batch.images)
     return window_knn.BlockFeatures(block.source, features)

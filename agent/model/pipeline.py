@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -80,8 +80,7 @@ class PatchScorer:
             source = detector.feature_source
             if source not in features and source not in FRAME_SOURCES:
                 features[source] = (self._cnn().embed(batch.images) if source == "cnn"
-                                    else tone_contrast(batch.spectrum) if source == TONE
-                                    else modulation_spectrum(batch.db))
+                                    else PATCH_FEATURES[source].compute(batch))
             if detector.window_level:
                 blocks[file] = detector.transform(features[source])
             elif source in FRAME_SOURCES:
@@ -105,9 +104,22 @@ class PatchScorer:
         return np.stack(readings, axis=1)
 
 
+class PatchFeature(NamedTuple):
+    compute: Callable[[PatchBatch], np.ndarray]  # a batch's patches -> (patches, dim)
+    dim: int
+
+
+# The numpy features of a patch that window detectors read, by feature source: the one table the board and
+# calibration compute them from (the CNN's come from the extractor, frame rows from agent.signal.frames).
+PATCH_FEATURES: dict[str, PatchFeature] = {
+    MODULATION: PatchFeature(lambda batch: modulation_spectrum(batch.db), MODULATION_DIM),
+    TONE: PatchFeature(lambda batch: tone_contrast(batch.spectrum), TONE_DIM),
+}
+
+
 def source_dim(source: str) -> int:
     """Values per patch (or per frame row) of a non-CNN feature source."""
-    return MODULATION_DIM if source == MODULATION else TONE_DIM if source == TONE else frame_dim(source)
+    return PATCH_FEATURES[source].dim if source in PATCH_FEATURES else frame_dim(source)
 
 
 def standardise(raw: np.ndarray, entry: DetectorEntry) -> np.ndarray:
