@@ -51,7 +51,7 @@ class DetectorEntry:
     # (calibration.candidates.PARTS): the file's stem, "-2s" added for a two-sided reading.
     name: str = ""
     # A gated detector is not averaged with the others: its reading beyond `gate` (held-out standard deviations) is
-    # added to their fused score (agent.model.pipeline.add_gated), as the timing detector's is. None: averaged.
+    # added to their fused score (agent.model.pipeline.fuse_gated), as the timing detector's is. None: averaged.
     gate: float | None = None
 
     @property

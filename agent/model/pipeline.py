@@ -158,6 +158,12 @@ def detector_gates(entries: Sequence[DetectorEntry]) -> np.ndarray:
     return np.array([np.nan if e.gate is None else e.gate for e in entries])
 
 
+def beyond_gate(readings: np.ndarray, gates: np.ndarray | float) -> np.ndarray:
+    """How far readings reach past their gates, 0 below them: what a gated reading adds to a fused window score
+    (the tone part's, the timing detector's), so that it is silent wherever the sound is normal to it."""
+    return np.maximum(0.0, readings - gates)
+
+
 def fuse_gated(readings: np.ndarray, gates: np.ndarray, fusion: str) -> np.ndarray:
     """Window scores from the detectors' readings (windows, detectors): the ungated ones fused, plus each gated
     one's reading beyond its gate (`gates`: detector_gates). A gated detector (a steady tone's) sees what the others
@@ -166,13 +172,13 @@ def fuse_gated(readings: np.ndarray, gates: np.ndarray, fusion: str) -> np.ndarr
     score = fuse(readings[:, averaged], fusion)
     if averaged.all():
         return score
-    return score + np.maximum(0.0, readings[:, ~averaged] - gates[~averaged]).sum(axis=1)
+    return score + beyond_gate(readings[:, ~averaged], gates[~averaged]).sum(axis=1)
 
 
 def add_timing(fused: np.ndarray, timing: np.ndarray, gate: float) -> np.ndarray:
     """Fused window scores plus the timing detector's distance from normal beyond `gate`: a window at the wrong
     speed or pace alarms however normal its spectrum sounds, and normal timing leaves the fused score alone."""
-    return fused + np.maximum(0.0, timing - gate)
+    return fused + beyond_gate(timing, gate)
 
 
 class WindowRows:
