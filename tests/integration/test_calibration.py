@@ -23,7 +23,7 @@ from humwatch.calibration.collect import record, wav_blocks, wav_paths
 from humwatch.calibration.faults import Fault, inject
 from humwatch.calibration.report import PNG_NAME, TEXT_NAME
 from humwatch.cli import main as humwatch
-from tests.plugins.recordings import CALIBRATION_CLIPS, window_scores
+from tests.plugins.recordings import CALIBRATION_CLIPS, window_scores, windows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,12 +107,12 @@ def test_a_whine_in_unheard_normal_clips_scores_above_the_defaults_threshold(cal
     t = np.arange(len(unheard[0])) / SAMPLE_RATE
     caught = {hz: 0 for hz in (2000, 3000, 4000)}
     for clip in unheard:
-        clean = last_window(pipeline, clip)
+        clean = windows(pipeline, clip)[-1]
         assert clean.window_score < result.threshold.high and clean.readings["tone-knn"] < gate
         level = np.sqrt(np.mean(clip.astype(np.float64) ** 2)) * 10 ** (-6 / 20)  # 6 dB under the machine
         for hz in caught:
             whine = (clip + level * np.sqrt(2) * np.sin(2 * np.pi * hz * t)).astype(np.float32)
-            caught[hz] += last_window(pipeline, whine).window_score > result.threshold.high
+            caught[hz] += windows(pipeline, whine)[-1].window_score > result.threshold.high
     assert caught[3000] == caught[4000] == len(unheard) and caught[2000] >= 3, caught
 
 
@@ -129,10 +129,6 @@ def test_library_faults_at_full_strength_are_often_caught_and_clean_clips_never(
                              for i, c in enumerate(unheard)]) for kind in ("impacts", "am", "tone")}
     assert caught["impacts"] >= 0.5 and caught["am"] >= 0.5 and caught["tone"] >= 0.5, caught
 
-
-def last_window(pipeline: Pipeline, samples: np.ndarray):
-    pipeline.reset()
-    return [s for s in pipeline.push(samples) if s.window_score is not None][-1]
 
 
 def test_the_report_shows_scores_threshold_and_summary(calibrated):

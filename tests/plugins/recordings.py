@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from humwatch.agent.model.pipeline import Pipeline
+from humwatch.agent.model.pipeline import PatchScore, Pipeline
 
 CALIBRATION_CLIPS = 40  # of the 75 normal clips; the rest are normal sound the calibration never heard
 
@@ -22,6 +22,11 @@ def normal_paths(dcase) -> list[Path]:
     return sorted((dcase / "train").glob("normal_id_00_*.wav"))
 
 
-def window_scores(pipeline: Pipeline, samples: np.ndarray) -> np.ndarray:
+def windows(pipeline: Pipeline, samples: np.ndarray) -> list[PatchScore]:
+    """A recording's full windows as the agent streams it (score and each detector's reading)."""
     pipeline.reset()
-    return np.array([s.window_score for s in pipeline.push(samples) if s.window_score is not None])
+    return [s for s in pipeline.push(samples) if s.window_score is not None]
+
+
+def window_scores(pipeline: Pipeline, samples: np.ndarray) -> np.ndarray:
+    return np.array([s.window_score for s in windows(pipeline, samples)])
